@@ -1,0 +1,37 @@
+"""One exception family: the CLI maps it to exit codes, the server to HTTP statuses."""
+
+
+class SenseVoiceError(Exception):
+    """Base of every error this package raises on purpose; the message is meant for humans."""
+
+    http_status = 500
+
+
+class AudioDecodeError(SenseVoiceError):
+    """The input is not audio we can decode (empty, truncated to nothing, not audio, no audio stream)."""
+
+    http_status = 400
+
+
+class AudioTooLongError(SenseVoiceError):
+    """Audio exceeds a configured maximum duration; raised while decoding, not after."""
+
+    http_status = 413
+
+
+class ModelLoadError(SenseVoiceError):
+    """A model directory or hub id could not be resolved or does not match the architecture."""
+
+    http_status = 500
+
+
+class Overloaded(SenseVoiceError):
+    """The scheduler's queue is full; retry later."""
+
+    http_status = 503
+
+
+class InvalidOption(SenseVoiceError):
+    """A transcription option has a value we do not support (e.g. an unknown language)."""
+
+    http_status = 400
