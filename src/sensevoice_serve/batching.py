@@ -1,0 +1,26 @@
+"""Group utterances into length-sorted batches whose padded size stays within a frame budget."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def plan_batches(frame_counts: Sequence[int], max_batch_frames: int, max_batch_size: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches, longest first.
+
+    A batch's cost is its padded size (items x longest item); sorting by length keeps the padding small,
+    and an item longer than the budget still runs, alone.
+    """
+    order = sorted(range(len(frame_counts)), key=lambda i: frame_counts[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        longest = frame_counts[current[0]] if current else frame_counts[index]
+        full = max_batch_size is not None and len(current) >= max_batch_size
+        if current and (full or (len(current) + 1) * max(longest, 1) > max_batch_frames):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

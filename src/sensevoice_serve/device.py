@@ -1,0 +1,64 @@
+"""Pick a device that really works and the precision that suits it."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .errors import InvalidOption
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def probe_device(device: torch.device) -> None:
+    """Allocate and multiply on ``device``; raises when it is listed but unusable (driver, OOM, bad arch)."""
+    a = torch.randn(64, 64, device=device)
+    (a @ a).sum().item()
+
+
+def cuda_devices() -> list[torch.device]:
+    return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto``: the first GPU on which a real allocation and matmul succeed, else the CPU."""
+    if spec != "auto":
+        try:
+            device = torch.device(spec)
+        except RuntimeError as error:
+            raise InvalidOption(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from error
+        if device.type == "cuda":
+            try:
+                probe_device(device)
+            except Exception as error:  # CUDA errors come as RuntimeError, AssertionError and others
+                raise InvalidOption(f"device {spec} is not usable: {error}") from error
+        return device
+    for device in cuda_devices():
+        try:
+            probe_device(device)
+            return device
+        except Exception as error:  # a broken GPU must not stop the CPU path
+            logger.warning("skipping %s: %s", device, error)
+    return torch.device("cpu")
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on compute capability >= 8.0, fp16 on older GPUs, fp32 on the CPU."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if spec not in DTYPES:
+        raise InvalidOption(f"unknown dtype {spec!r}: use auto, fp32, fp16 or bf16")
+    return DTYPES[spec]

@@ -1,0 +1,33 @@
+"""Every default lives here. Environment variables ``SENSEVOICE_<NAME>`` override them; CLI flags override both."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OutputFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENSEVOICE_", protected_namespaces=())
+
+    # Engine
+    model: str = Field("iic/SenseVoiceSmall", description="model directory or hub id")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    dtype: str = Field("auto", description="auto, fp32, fp16, bf16")
+    language: str = Field("auto", description="auto, zh, en, yue, ja, ko, nospeech")
+    use_itn: bool = Field(True, description="inverse text normalisation (punctuation, numbers)")
+    ban_emo_unk: bool = Field(False, description="never answer EMO_UNKNOWN")
+    max_batch_frames: int = Field(6000, ge=1, description="padded 60 ms frames per forward")
+    batch_size: int | None = Field(None, ge=1, description="at most this many utterances per forward")
+
+    # CLI output
+    output_format: OutputFormat = "txt"
+    output_dir: str | None = None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with the given (non-None) values on top."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
