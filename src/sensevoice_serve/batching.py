@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def plan_batches(frame_counts: Sequence[int], max_batch_frames: int, max_batch_size: int | None = None) -> list[list[int]]:
+def plan_batches(
+    frame_counts: Sequence[int], max_batch_frames: int, max_batch_size: int | None = None
+) -> list[list[int]]:
     """Indices grouped into batches, longest first.
 
     A batch's cost is its padded size (items x longest item); sorting by length keeps the padding small,

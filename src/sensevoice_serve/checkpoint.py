@@ -156,12 +156,16 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
             shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise ModelLoadError(f"{source} does not match the architecture in config.yaml: " + "; ".join(problems))
+        raise ModelLoadError(
+            f"{source} does not match the architecture in config.yaml: " + "; ".join(problems)
+        )
 
 
 def model_dimensions(files: ModelFiles, vocab_size: int) -> ModelDimensions:
     if files.config.get("encoder", "SenseVoiceEncoderSmall") != "SenseVoiceEncoderSmall":
-        raise ModelLoadError(f"{files.directory}: encoder {files.config['encoder']!r} is not SenseVoiceEncoderSmall")
+        raise ModelLoadError(
+            f"{files.directory}: encoder {files.config['encoder']!r} is not SenseVoiceEncoderSmall"
+        )
     return ModelDimensions.from_config(files.config, files.frontend.feature_dim, vocab_size)
 
 

@@ -89,7 +89,9 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
                 progress.write(f"warning: {path}: {warning}", file=sys.stderr)
             text = write(result)
             if output_dir:
-                _output_path(path, output_dir, settings.output_format, used).write_text(text, encoding="utf-8")
+                _output_path(path, output_dir, settings.output_format, used).write_text(
+                    text, encoding="utf-8"
+                )
             else:
                 sys.stdout.write(text)
                 sys.stdout.flush()
@@ -121,26 +123,38 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--batch-size", type=int, help="at most this many utterances per forward")
     transcribe.add_argument("--max-batch-frames", type=int, help="padded 60 ms frames per forward")
 
-    make = commands.add_parser("make-test-model", help="write a RANDOM-weight model directory (tests, benchmarks)")
+    transcribe.set_defaults(handler=_transcribe_command)
+
+    make = commands.add_parser(
+        "make-test-model", help="write a RANDOM-weight model directory (tests, benchmarks)"
+    )
     make.add_argument("size", choices=["tiny", "full"])
     make.add_argument("directory")
     make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(handler=_make_test_model_command)
     return parser
+
+
+def _transcribe_command(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in {"command", "inputs", "verbose", "handler"}}
+    return run_transcribe(expand_inputs(args.inputs), load_settings(**flags))
+
+
+def _make_test_model_command(args: argparse.Namespace) -> int:
+    from .random_checkpoint import write_random_checkpoint
+
+    path = write_random_checkpoint(args.directory, args.size, args.seed)
+    print(f"wrote a {args.size} RANDOM-weight SenseVoiceSmall checkpoint to {path}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     try:
-        if args.command == "make-test-model":
-            from .random_checkpoint import write_random_checkpoint
-
-            path = write_random_checkpoint(args.directory, args.size, args.seed)
-            print(f"wrote a {args.size} RANDOM-weight SenseVoiceSmall checkpoint to {path}")
-            return EXIT_OK
-        overrides = {k: v for k, v in vars(args).items() if k not in {"command", "inputs", "verbose", "size"}}
-        settings = load_settings(**overrides)
-        return run_transcribe(expand_inputs(args.inputs), settings)
+        return args.handler(args)
     except SenseVoiceError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

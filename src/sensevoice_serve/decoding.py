@@ -103,7 +103,9 @@ class CTCDecoder:
         for index, best in enumerate(best_paths):
             spikes = collapse(best)
             segment = self._segment(spikes, offsets[index], durations[index])
-            emotion_spike = next((s for s in spikes if self.tokenizer.tag_name(s.token_id) == segment.emotion), None)
+            emotion_spike = next(
+                (s for s in spikes if self.tokenizer.tag_name(s.token_id) == segment.emotion), None
+            )
             if emotion_spike is not None and segment.emotion is not None:
                 segment.emotion_prob = self._emotion_probability(
                     encoded[index, emotion_spike.first_frame], segment.emotion, options[index].ban_emo_unk

@@ -27,7 +27,11 @@ def probe_device(device: torch.device) -> None:
 
 
 def cuda_devices() -> list[torch.device]:
-    return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return (
+        [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -137,8 +137,12 @@ class SenseVoiceEncoder(nn.Module):
         super().__init__()
         self.scale = dims.output_size**0.5
         self.encoders0 = nn.ModuleList([EncoderLayer(dims.input_size, dims)])
-        self.encoders = nn.ModuleList([EncoderLayer(dims.output_size, dims) for _ in range(dims.num_blocks - 1)])
-        self.tp_encoders = nn.ModuleList([EncoderLayer(dims.output_size, dims) for _ in range(dims.tp_blocks)])
+        self.encoders = nn.ModuleList(
+            [EncoderLayer(dims.output_size, dims) for _ in range(dims.num_blocks - 1)]
+        )
+        self.tp_encoders = nn.ModuleList(
+            [EncoderLayer(dims.output_size, dims) for _ in range(dims.tp_blocks)]
+        )
         self.after_norm = LayerNorm(dims.output_size)
         self.tp_norm = LayerNorm(dims.output_size)
 
@@ -182,7 +186,9 @@ class SenseVoiceSmall(nn.Module):
         self.encoder = SenseVoiceEncoder(dims)
         self.ctc = CTCHead(dims.output_size, dims.vocab_size)
 
-    def query_rows(self, languages: Sequence[str], use_itn: Sequence[bool], device: torch.device) -> torch.Tensor:
+    def query_rows(
+        self, languages: Sequence[str], use_itn: Sequence[bool], device: torch.device
+    ) -> torch.Tensor:
         """(B, 4) embedding rows: language, event, emotion, text-norm, one row of queries per utterance."""
         rows = [
             [LANGUAGE_QUERY[lang], EVENT_QUERY, EMOTION_QUERY, TEXTNORM_QUERY["withitn" if itn else "woitn"]]

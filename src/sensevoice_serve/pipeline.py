@@ -89,7 +89,9 @@ class SenseVoice:
         return self.files.random_weights
 
     @torch.inference_mode()
-    def run_batch(self, utterances: Sequence[Utterance], timings: BatchTimings | None = None) -> list[Segment]:
+    def run_batch(
+        self, utterances: Sequence[Utterance], timings: BatchTimings | None = None
+    ) -> list[Segment]:
         """One padded forward over ``utterances`` (any mix of lengths and options), results in their order."""
         timings = timings or BatchTimings()
         started = time.perf_counter()
@@ -153,7 +155,9 @@ class SenseVoice:
 
         Raises the first input's decode error; the CLI and server handle inputs one by one to report each.
         """
-        if isinstance(inputs, (str, bytes, bytearray, os.PathLike, np.ndarray, Audio)) or hasattr(inputs, "read"):
+        if isinstance(inputs, (str, bytes, bytearray, os.PathLike, np.ndarray, Audio)) or hasattr(
+            inputs, "read"
+        ):
             inputs = [inputs]
         options = DecodeOptions(language=language, use_itn=use_itn, ban_emo_unk=ban_emo_unk)
         audios = [decode_audio(item) for item in inputs]
@@ -161,7 +165,9 @@ class SenseVoice:
             [Utterance(audio.samples, options) for audio in audios], max_batch_frames, batch_size
         )
         return [
-            Transcription(source=audio.source, duration=audio.duration, segments=[segment], warnings=audio.warnings)
+            Transcription(
+                source=audio.source, duration=audio.duration, segments=[segment], warnings=audio.warnings
+            )
             for audio, segment in zip(audios, segments, strict=True)
         ]
 

@@ -1,4 +1,4 @@
-"""Write SenseVoiceSmall model directories in the official layout with RANDOM weights, for tests and benchmarks.
+"""Write SenseVoiceSmall model directories in the official layout with RANDOM weights (tests, benchmarks).
 
 The real checkpoint cannot be downloaded on every machine; speed does not depend on weight values and parity
 tests only need both implementations to read the same tensors. Every tensor is randomised at a sane scale
@@ -107,7 +107,7 @@ def random_state_dict(dims: ModelDimensions, seed: int = 0) -> dict[str, torch.T
 
 
 def write_random_checkpoint(directory: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write ``config.yaml``, ``model.pt``, ``am.mvn``, the tokenizer and ``configuration.json`` into ``directory``."""
+    """Write config.yaml, model.pt, am.mvn, the tokenizer and configuration.json into ``directory``."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
     dims = replace(SIZES[size], vocab_size=VOCAB_SIZE)

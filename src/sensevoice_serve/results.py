@@ -109,7 +109,9 @@ class Transcription:
 
     @property
     def emotion_prob(self) -> float | None:
-        probs = [s.emotion_prob for s in self.segments if s.emotion == self.emotion and s.emotion_prob is not None]
+        probs = [
+            s.emotion_prob for s in self.segments if s.emotion == self.emotion and s.emotion_prob is not None
+        ]
         return max(probs) if probs else None
 
     @property

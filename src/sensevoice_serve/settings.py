@@ -1,4 +1,4 @@
-"""Every default lives here. Environment variables ``SENSEVOICE_<NAME>`` override them; CLI flags override both."""
+"""Every default lives here; SENSEVOICE_<NAME> environment variables override them, CLI flags both."""
 
 from __future__ import annotations
 

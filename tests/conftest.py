@@ -1,0 +1,41 @@
+"""Shared fixtures: random checkpoints in the official layout and the real recordings in ../shared/audio."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+# Keep tests on loopback: no hub client may phone home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def shared_audio(name: str) -> Path:
+    path = SHARED_AUDIO / name
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (the shared recordings live beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sensevoice_serve.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-model"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def full_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sensevoice_serve.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("full-model"), "full", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    from sensevoice_serve.pipeline import SenseVoice
+
+    return SenseVoice.from_pretrained(tiny_model_dir, device="cpu", dtype="fp32")

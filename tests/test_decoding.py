@@ -1,0 +1,132 @@
+"""The result parser on token sequences built from the tokenizer (random weights rarely emit tags)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sensevoice_serve.decoding import CTCDecoder, DecodeOptions, collapse
+from sensevoice_serve.errors import InvalidOption
+from sensevoice_serve.model import CTCHead
+from sensevoice_serve.random_checkpoint import write_tokenizer
+from sensevoice_serve.tokenizer import EMOTION_TAGS, EVENT_TAGS, LANGUAGE_TAGS, Tokenizer
+
+WIDTH = 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    path = tmp_path_factory.mktemp("tok") / "bpe.model"
+    write_tokenizer(path)
+    return Tokenizer(path)
+
+
+def scripted_batch(
+    paths: list[list[tuple[int, float]]], vocab: int
+) -> tuple[CTCHead, torch.Tensor, torch.Tensor]:
+    """A CTC head and encoder output whose per-frame scores are exactly ``paths``: (token, logit) per frame.
+
+    Frame t of utterance b is the one-hot vector e_(slot) and the head maps slot -> the scripted logits.
+    """
+    head = CTCHead(WIDTH, vocab)
+    torch.nn.init.zeros_(head.ctc_lo.weight)
+    torch.nn.init.zeros_(head.ctc_lo.bias)
+    frames = max(len(p) for p in paths)
+    encoded = torch.zeros(len(paths), frames, WIDTH)
+    slot = 0
+    with torch.no_grad():
+        for b, path in enumerate(paths):
+            for t, scores in enumerate(path):
+                for token, logit in scores if isinstance(scores, list) else [scores]:
+                    head.ctc_lo.weight[token, slot] = logit
+                encoded[b, t, slot] = 1.0
+                slot += 1
+    return head, encoded, torch.tensor([len(p) for p in paths])
+
+
+def test_collapse_removes_blanks_and_repeats() -> None:
+    spikes = collapse(torch.tensor([0, 5, 5, 0, 5, 7, 7, 7, 0]))
+    assert [(s.token_id, s.first_frame, s.last_frame) for s in spikes] == [(5, 1, 2), (5, 4, 4), (7, 5, 7)]
+
+
+@pytest.mark.parametrize("language", LANGUAGE_TAGS)
+@pytest.mark.parametrize("use_itn", [True, False])
+def test_every_language_and_itn(tokenizer: Tokenizer, language: str, use_itn: bool) -> None:
+    itn = "withitn" if use_itn else "woitn"
+    word = [tokenizer._sp.PieceToId("\u2581ab"), tokenizer._sp.PieceToId("\u2581cd")]
+    path = [
+        (tokenizer.languages[language], 9.0),
+        (tokenizer.emotions["NEUTRAL"], 9.0),
+        (tokenizer.events["Speech"], 9.0),
+        (tokenizer.textnorms[itn], 9.0),
+        (word[0], 9.0),
+        (0, 9.0),
+        (word[1], 9.0),
+        (word[1], 9.0),
+    ]
+    head, encoded, lengths = scripted_batch([path], tokenizer.vocab_size)
+    segment = CTCDecoder(head, tokenizer).decode(encoded, lengths, [DecodeOptions()], [10.0], [2.0])[0]
+    assert segment.language == language
+    assert segment.itn is use_itn
+    assert segment.raw_text == f"<|{language}|><|NEUTRAL|><|Speech|><|{itn}|> ab cd"
+    assert segment.text == "ab cd"
+    assert [(t.text, t.start, t.end) for t in segment.tokens] == [
+        ("\u2581ab", 10.0, 10.06),
+        ("\u2581cd", 10.12, 10.24),
+    ]
+    assert (segment.start, segment.end) == (10.0, 12.0)
+
+
+@pytest.mark.parametrize("emotion", EMOTION_TAGS)
+def test_every_emotion_with_its_probability(tokenizer: Tokenizer, emotion: str) -> None:
+    others = [(tokenizer.emotions[e], 1.0) for e in EMOTION_TAGS if e != emotion]
+    path = [(tokenizer.languages["en"], 9.0), [(tokenizer.emotions[emotion], 4.0), *others]]
+    head, encoded, lengths = scripted_batch([path], tokenizer.vocab_size)
+    segment = CTCDecoder(head, tokenizer).decode(encoded, lengths, [DecodeOptions()], [0.0], [1.0])[0]
+    assert segment.emotion == emotion
+    expected = math.exp(4.0) / (math.exp(4.0) + 7 * math.exp(1.0))
+    assert segment.emotion_prob == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("event", EVENT_TAGS)
+def test_every_event(tokenizer: Tokenizer, event: str) -> None:
+    path = [(tokenizer.languages["zh"], 9.0), (tokenizer.events[event], 9.0)]
+    head, encoded, lengths = scripted_batch([path], tokenizer.vocab_size)
+    segment = CTCDecoder(head, tokenizer).decode(encoded, lengths, [DecodeOptions()], [0.0], [1.0])[0]
+    assert segment.event == event
+    assert segment.emotion is None and segment.emotion_prob is None
+    assert segment.tokens == [] and segment.text == ""
+
+
+def test_ban_emo_unk_applies_per_utterance_and_to_the_probability(tokenizer: Tokenizer) -> None:
+    unknown, happy = tokenizer.emotions["EMO_UNKNOWN"], tokenizer.emotions["HAPPY"]
+    path = [(tokenizer.languages["en"], 9.0), [(unknown, 6.0), (happy, 5.0)]]
+    head, encoded, lengths = scripted_batch([path, path], tokenizer.vocab_size)
+    # Both utterances share weights: the slot trick needs the same script for both.
+    with torch.no_grad():
+        head.ctc_lo.weight[:, 2:4] = head.ctc_lo.weight[:, 0:2]
+    options = [DecodeOptions(ban_emo_unk=False), DecodeOptions(ban_emo_unk=True)]
+    kept, banned = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
+    assert kept.emotion == "EMO_UNKNOWN"
+    assert banned.emotion == "HAPPY"
+    assert banned.emotion_prob == pytest.approx(math.exp(5.0) / (math.exp(5.0) + 6), abs=1e-4)
+
+
+def test_padding_frames_are_never_decoded(tokenizer: Tokenizer) -> None:
+    word = tokenizer._sp.PieceToId("\u2581ab")
+    short = [(tokenizer.languages["en"], 9.0)]
+    long = [(tokenizer.languages["en"], 9.0), (0, 9.0), (0, 9.0), (0, 9.0), (word, 9.0)]
+    head, encoded, lengths = scripted_batch([short, long], tokenizer.vocab_size)
+    encoded[0, 1:] = encoded[1, 4]  # padding that would decode as a word if it were read
+    first, second = CTCDecoder(head, tokenizer).decode(
+        encoded, lengths, [DecodeOptions()] * 2, [0, 0], [1, 1]
+    )
+    assert first.raw_text == "<|en|>"
+    assert second.text == "ab"
+
+
+def test_unknown_language_is_a_clear_error() -> None:
+    with pytest.raises(InvalidOption, match="unsupported language 'fr'"):
+        DecodeOptions(language="fr")

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import io
+from difflib import SequenceMatcher
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sensevoice_serve.audio import decode_audio
+
+from sensevoice_serve.errors import AudioDecodeError, InvalidOption, ModelLoadError
+from sensevoice_serve.pipeline import SenseVoice
+
+from .conftest import SHARED_AUDIO, shared_audio
+
+
+def test_transcribes_every_shared_recording_in_input_order(tiny_engine: SenseVoice) -> None:
+    paths = sorted(SHARED_AUDIO.glob("*.*[!d]"))  # every recording, not the README
+    if not paths:
+        pytest.skip("shared recordings missing")
+    results = tiny_engine.transcribe(paths)
+    assert [r.source for r in results] == [str(p) for p in paths]
+    for result, path in zip(results, paths, strict=True):
+        assert result.duration == pytest.approx(decode_audio(path).duration)
+        segment = result.segments[0]
+        assert segment.start == 0 and segment.end == pytest.approx(result.duration, abs=1e-3)
+        assert all(0 <= t.start <= t.end <= result.duration + 0.06 for t in result.tokens)
+        assert all(a.start <= b.start for a, b in zip(result.tokens, result.tokens[1:], strict=False))
+
+
+def test_inputs_as_path_bytes_file_and_array_agree(tiny_engine: SenseVoice) -> None:
+    path = shared_audio("zh_sample.wav")
+    data = path.read_bytes()
+    inputs = [path, str(path), data, io.BytesIO(data), decode_audio(path).samples]
+    results = tiny_engine.transcribe(inputs)
+    assert len({r.raw_text for r in results}) == 1
+
+
+def test_batch_invariance_with_real_padding(tiny_engine: SenseVoice) -> None:
+    clips = [decode_audio(shared_audio(n)).samples for n in ("jfk.flac", "zh_sample.wav", "hotwords.mp3")]
+    alone = [tiny_engine.transcribe(clip)[0] for clip in clips]
+    tiny_engine.forward_batch_sizes.clear()
+    together = tiny_engine.transcribe(clips, max_batch_frames=100_000)
+    assert tiny_engine.forward_batch_sizes == [3], "the mixed-length clips must run as one padded forward"
+    assert len({len(c) for c in clips}) == 3
+    for single, batched in zip(alone, together, strict=True):
+        assert [t.id for t in single.tokens] == [t.id for t in batched.tokens]
+        assert single.raw_text == batched.raw_text
+
+
+def test_batch_invariance_of_logits(tiny_engine: SenseVoice) -> None:
+    clips = [decode_audio(shared_audio(n)).samples for n in ("jfk.flac", "zh_sample.wav")]
+    with torch.inference_mode():
+        feats, lengths = tiny_engine.features(clips)
+        batched, batched_lengths = tiny_engine.model(feats, lengths, ["auto"] * 2, [True] * 2)
+        for index, clip in enumerate(clips):
+            feat, length = tiny_engine.features([clip])
+            alone, _ = tiny_engine.model(feat, length, ["auto"], [True])
+            n = int(batched_lengths[index])
+            assert alone.shape[1] == n
+            scale = alone.abs().max()
+            assert ((alone[0] - batched[index, :n]).abs().max() / scale) <= 1e-4
+
+
+def test_batches_respect_the_frame_budget(tiny_engine: SenseVoice) -> None:
+    clips = [np.zeros(16000 * seconds, dtype=np.float32) for seconds in (1, 2, 3, 4, 5, 6)]
+    tiny_engine.forward_batch_sizes.clear()
+    tiny_engine.transcribe(clips, max_batch_frames=250)  # 6 s is 100 frames: at most 2 long ones per batch
+    assert sum(tiny_engine.forward_batch_sizes) == 6
+    assert max(tiny_engine.forward_batch_sizes) >= 2
+    assert len(tiny_engine.forward_batch_sizes) >= 3
+
+
+def test_options_are_validated(tiny_engine: SenseVoice) -> None:
+    with pytest.raises(InvalidOption, match="unsupported language"):
+        tiny_engine.transcribe(np.zeros(16000, dtype=np.float32), language="klingon")
+
+
+def test_bad_audio_raises_the_clear_error(tiny_engine: SenseVoice) -> None:
+    with pytest.raises(AudioDecodeError):
+        tiny_engine.transcribe(b"definitely not audio")
+
+
+def test_tiny_audio_does_not_crash(tiny_engine: SenseVoice) -> None:
+    result = tiny_engine.transcribe(np.zeros(100, dtype=np.float32))[0]
+    assert result.tokens == []
+
+
+def test_from_pretrained_reports_bad_model_dir(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError):
+        SenseVoice.from_pretrained(tmp_path)
+
+
+def test_auto_device_and_dtype_on_this_machine(tiny_model_dir: Path) -> None:
+    engine = SenseVoice.from_pretrained(tiny_model_dir)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert engine.device.type == expected
+    assert engine.random_weights
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_agrees_with_fp32(full_model_dir: Path, dtype: str) -> None:
+    clips = [decode_audio(p).samples for p in sorted(SHARED_AUDIO.glob("*.*[!d]"))]
+    reference = SenseVoice.from_pretrained(full_model_dir, device="cuda", dtype="fp32").transcribe(clips)
+    half = SenseVoice.from_pretrained(full_model_dir, device="cuda", dtype=dtype).transcribe(clips)
+    same = total = 0
+    for a, b in zip(reference, half, strict=True):
+        ids_a, ids_b = [t.id for t in a.tokens], [t.id for t in b.tokens]
+        total += max(len(ids_a), len(ids_b))
+        same += sum(
+            block.size for block in SequenceMatcher(a=ids_a, b=ids_b, autojunk=False).get_matching_blocks()
+        )
+    print(f"{dtype}: {same}/{total} tokens identical to fp32")
+    assert same / total >= 0.995
