@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,19 @@ SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 # Keep tests on loopback: no hub client may phone home.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+class _BlockFunasr(importlib.abc.MetaPathFinder):
+    """Proves the product never imports the reference implementation: any attempt fails loudly."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "funasr" or name.startswith("funasr."):
+            raise ImportError("funasr is blocked: the product must not need it (SENSEVOICE_BLOCK_FUNASR=1)")
+        return None
+
+
+if os.environ.get("SENSEVOICE_BLOCK_FUNASR") == "1":
+    sys.meta_path.insert(0, _BlockFunasr())
 
 
 def shared_audio(name: str) -> Path:
