@@ -130,7 +130,7 @@ def _cached_snapshot(hub: str, hub_id: str, snapshot_download) -> Path | None:
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only (``weights_only``): a checkpoint can never run code on load."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle / zip / unsupported-global errors all mean the same here
         raise ModelLoadError(f"cannot read weights {path}: {error}") from error
     for wrapper in ("state_dict", "model"):
