@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sensevoice_serve.audio import decode_audio
+import torch
 
+from sensevoice_serve.audio import decode_audio
 from sensevoice_serve.pipeline import SenseVoice
 
 from .conftest import shared_audio
@@ -18,25 +19,41 @@ CLIPS = ["jfk.flac", "zh_sample.wav", "multilingual.mp3"]
 OPTIONS = [("auto", True, False), ("auto", False, False), ("en", True, True), ("zh", False, False)]
 
 
-def _reference(model_dir: Path):
+@pytest.fixture()
+def reference_factory(monkeypatch: pytest.MonkeyPatch):
+    """Builds funasr's AutoModel with dither off, recording the token ids it decodes."""
     auto_model = pytest.importorskip("funasr").AutoModel
-    model = auto_model(model=str(model_dir), device="cpu", disable_update=True, log_level="ERROR")
-    model.kwargs["frontend"].dither = 0.0  # the reference dithers by default: not comparable
-    tokenizer = model.kwargs["tokenizer"]
+    tokenizer_class = pytest.importorskip("funasr.tokenizer.sentencepiece_tokenizer").SentencepiecesTokenizer
     seen: list[list[int]] = []
-    decode = tokenizer.decode
+    decode = tokenizer_class.decode
 
-    def recording_decode(token_ids, **kwargs):
+    def recording_decode(self, token_ids, **kwargs):
         seen.append(list(token_ids))
-        return decode(token_ids, **kwargs)
+        return decode(self, token_ids, **kwargs)
 
-    tokenizer.decode = recording_decode
-    return model, seen
+    # AutoModel restores per-call copies of its kwargs, so patch the class, not an instance.
+    monkeypatch.setattr(tokenizer_class, "decode", recording_decode)
+    threads = torch.get_num_threads()  # funasr changes the global thread count
+
+    def build(model_dir: Path):
+        # The reference dithers by default, which makes features random.
+        model = auto_model(
+            model=str(model_dir),
+            device="cpu",
+            disable_update=True,
+            log_level="ERROR",
+            frontend_conf={"dither": 0.0},
+        )
+        assert model.kwargs["frontend"].dither == 0.0
+        return model, seen
+
+    yield build
+    torch.set_num_threads(threads)
 
 
-def _check(model_dir: Path) -> None:
+def _check(model_dir: Path, reference_factory) -> None:
     ours = SenseVoice.from_pretrained(model_dir, device="cpu", dtype="fp32")
-    reference, seen = _reference(model_dir)
+    reference, seen = reference_factory(model_dir)
     for name in CLIPS:
         samples = decode_audio(shared_audio(name)).samples
         for language, use_itn, ban_emo_unk in OPTIONS:
@@ -57,10 +74,10 @@ def _check(model_dir: Path) -> None:
             assert mine.raw_text == theirs, label
 
 
-def test_tokens_and_raw_text_match_reference_tiny(tiny_model_dir: Path) -> None:
-    _check(tiny_model_dir)
+def test_tokens_and_raw_text_match_reference_tiny(tiny_model_dir: Path, reference_factory) -> None:
+    _check(tiny_model_dir, reference_factory)
 
 
 @pytest.mark.slow
-def test_tokens_and_raw_text_match_reference_full(full_model_dir: Path) -> None:
-    _check(full_model_dir)
+def test_tokens_and_raw_text_match_reference_full(full_model_dir: Path, reference_factory) -> None:
+    _check(full_model_dir, reference_factory)

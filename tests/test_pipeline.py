@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sensevoice_serve.audio import decode_audio
 
+from sensevoice_serve.audio import decode_audio
 from sensevoice_serve.errors import AudioDecodeError, InvalidOption, ModelLoadError
 from sensevoice_serve.pipeline import SenseVoice
 
@@ -84,7 +84,9 @@ def test_bad_audio_raises_the_clear_error(tiny_engine: SenseVoice) -> None:
 
 def test_tiny_audio_does_not_crash(tiny_engine: SenseVoice) -> None:
     result = tiny_engine.transcribe(np.zeros(100, dtype=np.float32))[0]
-    assert result.tokens == []
+    # No feature frame: only the four query frames answer (random weights may answer with words).
+    assert len(result.tokens) <= 4
+    assert all(t.start == t.end == 0 for t in result.tokens)
 
 
 def test_from_pretrained_reports_bad_model_dir(tmp_path: Path) -> None:

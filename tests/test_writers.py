@@ -16,7 +16,8 @@ def _long_segment() -> Segment:
 
 
 def _transcription() -> Transcription:
-    short = Segment(20.0, 21.5, "你好", "<|zh|>你好", language="zh", tokens=[Token(9, "你", 20.1, 20.2)], channel=1)
+    tokens = [Token(9, "你", 20.1, 20.2)]
+    short = Segment(20.0, 21.5, "你好", "<|zh|>你好", language="zh", tokens=tokens, channel=1)
     return Transcription("a.wav", 22.0, [_long_segment(), short])
 
 

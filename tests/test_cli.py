@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensevoice_serve.cli import main
+
+from .conftest import shared_audio
+
+
+def test_json_output_carries_the_full_result(tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(
+        ["transcribe", "--model", str(tiny_model_dir), "--format", "json", str(shared_audio("jfk.flac"))]
+    )
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["duration"] == pytest.approx(11.0, abs=0.1)
+    assert set(data) >= {
+        "language",
+        "emotion",
+        "emotion_prob",
+        "event",
+        "itn",
+        "text",
+        "raw_text",
+        "segments",
+    }
+    assert data["segments"][0]["tokens"]
+
+
+@pytest.mark.parametrize("output_format", ["txt", "srt", "vtt", "tsv", "json"])
+def test_output_dir_gets_one_file_per_input(tiny_model_dir: Path, tmp_path: Path, output_format: str) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("jfk.flac", "zh_sample.wav"):
+        shutil.copy(shared_audio(name), inputs / name)
+    out = tmp_path / "out"
+    flags = ["--format", output_format, "--output-dir", str(out), "--no-itn", "--language", "en"]
+    code = main(["transcribe", "--model", str(tiny_model_dir), *flags, str(inputs)])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"jfk.{output_format}", f"zh_sample.{output_format}"]
+    )
+
+
+def test_a_bad_file_fails_alone(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"this is not an mp3")
+    good = shared_audio("zh_sample.wav")
+    code = main(["transcribe", "--model", str(tiny_model_dir), "--format", "txt", str(bad), str(good)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"error: {bad}:" in captured.err
+    assert captured.out.count("\n") == 1  # the good file's line
+
+
+def test_bad_model_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["transcribe", "--model", str(tmp_path / "missing"), str(shared_audio("jfk.flac"))])
+    assert code == 2
+    assert "model directory not found" in capsys.readouterr().err
+
+
+def test_environment_settings_apply(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("SENSEVOICE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("SENSEVOICE_OUTPUT_FORMAT", "tsv")
+    assert main(["transcribe", str(shared_audio("zh_sample.wav"))]) == 0
+    assert capsys.readouterr().out.startswith("start\tend\ttext")
+
+
+def test_make_test_model_and_entry_point(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "sensevoice_serve.cli", "make-test-model", "tiny", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "RANDOM" in completed.stdout
+    assert (tmp_path / "m" / "model.pt").is_file()
