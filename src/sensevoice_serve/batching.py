@@ -3,6 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .decoding import DecodeOptions
+from .features import num_lfr_frames
+
+
+@dataclass
+class Utterance:
+    """A stretch of 16 kHz mono audio to run through the model, with where it sits in its source."""
+
+    samples: np.ndarray
+    options: DecodeOptions = field(default_factory=DecodeOptions)
+    offset: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return num_lfr_frames(len(self.samples))
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass
+class BatchTimings:
+    features: float = 0.0
+    model: float = 0.0
+    decoding: float = 0.0
 
 
 def plan_batches(

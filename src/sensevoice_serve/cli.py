@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,26 +19,22 @@ AUDIO_SUFFIXES = {
     ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".webm", ".mp4", ".mkv", ".mov",
     ".wma", ".amr", ".aiff", ".aif", ".caf", ".3gp", ".avi",
 }  # fmt: skip
-FILES_PER_CHUNK = 64  # decoded audio held at once in a transcribe run
-
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE = 0, 1, 2
+GLOB_CHARACTERS = set("*?[")
 
 
 def expand_inputs(paths: Sequence[str]) -> list[Path]:
-    """Files as given; directories searched recursively for audio and video files, sorted."""
+    """Files as given, glob patterns expanded, directories searched recursively for audio and video."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        elif not path.exists() and GLOB_CHARACTERS & set(raw):
+            found += sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
         else:
             found.append(path)
     return found
-
-
-def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _output_path(source: Path, output_dir: Path, output_format: str, used: set[Path]) -> Path:
@@ -48,17 +46,74 @@ def _output_path(source: Path, output_dir: Path, output_format: str, used: set[P
     return target
 
 
+class _Progress:
+    """Files done, audio hours and speed (x real time) on one bar; silent for a single file."""
+
+    def __init__(self, total: int):
+        self.bar = tqdm(total=total, unit="file", disable=total < 2, file=sys.stderr, dynamic_ncols=True)
+        self.audio_seconds = 0.0
+        self.started = time.perf_counter()
+
+    def done(self, audio_seconds: float = 0.0) -> None:
+        self.audio_seconds += audio_seconds
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.bar.set_postfix_str(
+            f"{self.audio_seconds / 3600:.2f} h audio, {self.audio_seconds / elapsed:.1f}x real time"
+        )
+        self.bar.update()
+
+    def write(self, message: str) -> None:
+        self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def run_transcribe(files: list[Path], settings: Settings) -> int:
-    from .audio import decode_audio
     from .decoding import DecodeOptions
-    from .pipeline import SenseVoice, Utterance
-    from .results import Transcription
+    from .longform import SegmentationOptions, transcribe_sources
+    from .manifest import ManifestWriter, file_key, read_done
+    from .pipeline import SenseVoice
     from .writers import WRITERS
 
     if not files:
         print("error: no audio files found", file=sys.stderr)
         return EXIT_USAGE
-    options = DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk)
+    decode_options = DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk)
+    segmentation = SegmentationOptions(settings.vad, settings.max_segment_seconds, settings.split_channels)
+    output_options = {
+        "model": settings.model,
+        "language": settings.language,
+        "use_itn": settings.use_itn,
+        "ban_emo_unk": settings.ban_emo_unk,
+        "vad": settings.vad,
+        "max_segment_seconds": settings.max_segment_seconds,
+        "split_channels": settings.split_channels,
+    }
+    manifest = Path(settings.output) if settings.output else None
+    keys: dict[Path, str] = {}
+    failures = 0
+    if manifest is not None:
+        done = read_done(manifest)
+        todo = []
+        for path in files:
+            try:
+                keys[path] = file_key(path, output_options)
+            except OSError as error:
+                print(f"error: {path}: {error.strerror}", file=sys.stderr)
+                failures += 1
+                continue
+            if keys[path] in done.succeeded:
+                continue
+            if keys[path] in done.failed and not settings.retry_failed:
+                failures += 1
+                continue
+            todo.append(path)
+        skipped = len(files) - len(todo)
+        if skipped:
+            print(f"{skipped} file(s) already in {manifest}: skipped", file=sys.stderr)
+        files = todo
+
     engine = SenseVoice.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype)
     if engine.random_weights:
         print(f"warning: {settings.model} holds RANDOM weights; its text is meaningless", file=sys.stderr)
@@ -67,36 +122,44 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     if output_dir:
         output_dir.mkdir(parents=True, exist_ok=True)
     used: set[Path] = set()
-    failures = 0
-    progress = tqdm(total=len(files), unit="file", disable=len(files) < 2, file=sys.stderr)
-    for chunk in _chunks(files, FILES_PER_CHUNK):
-        decoded = []
-        for path in chunk:
-            try:
-                decoded.append((path, decode_audio(path)))
-            except SenseVoiceError as error:
+    progress = _Progress(len(files))
+    records = ManifestWriter(manifest) if manifest is not None else None
+    outcomes = transcribe_sources(
+        engine,
+        ((path, path) for path in files),
+        decode_options,
+        segmentation,
+        max_batch_frames=settings.max_batch_frames,
+        batch_size=settings.batch_size,
+    )
+    try:
+        for outcome in outcomes:
+            path = outcome.key
+            if outcome.error is not None:
                 failures += 1
-                progress.write(f"error: {path}: {error}", file=sys.stderr)
-                progress.update()
-        segments = engine.run_utterances(
-            [Utterance(audio.samples, options) for _, audio in decoded],
-            settings.max_batch_frames,
-            settings.batch_size,
-        )
-        for (path, audio), segment in zip(decoded, segments, strict=True):
-            result = Transcription(str(path), audio.duration, [segment], audio.warnings)
-            for warning in audio.warnings:
-                progress.write(f"warning: {path}: {warning}", file=sys.stderr)
-            text = write(result)
-            if output_dir:
+                progress.write(f"error: {path}: {outcome.error}")
+                if records is not None:
+                    records.append({"key": keys[path], "path": str(path), "error": str(outcome.error)})
+                progress.done()
+                continue
+            result = outcome.result
+            for warning in result.warnings:
+                progress.write(f"warning: {path}: {warning}")
+            if records is not None:
+                records.append({"key": keys[path], "path": str(path), **result.to_dict()})
+            elif output_dir:
+                text = write(result)
                 _output_path(path, output_dir, settings.output_format, used).write_text(
                     text, encoding="utf-8"
                 )
             else:
-                sys.stdout.write(text)
+                sys.stdout.write(write(result))
                 sys.stdout.flush()
-            progress.update()
-    progress.close()
+            progress.done(result.duration)
+    finally:
+        progress.close()
+        if records is not None:
+            records.close()
     return EXIT_FILE_ERRORS if failures else EXIT_OK
 
 
@@ -120,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--ban-emo-unk", action=argparse.BooleanOptionalAction, default=None)
     transcribe.add_argument("--format", dest="output_format", choices=["json", "txt", "srt", "vtt", "tsv"])
     transcribe.add_argument("--output-dir", help="write one file per input here (default: standard output)")
+    transcribe.add_argument(
+        "--output", help="bulk mode: append one JSON line per file here; reruns skip done files"
+    )
+    transcribe.add_argument(
+        "--retry-failed", action="store_true", default=None, help="bulk mode: retry recorded failures"
+    )
+    transcribe.add_argument(
+        "--vad", choices=["auto", "on", "off"], help="segment long audio (auto: when over the cap)"
+    )
+    transcribe.add_argument(
+        "--max-segment-seconds", type=float, help="longest segment the model sees (default 30)"
+    )
+    transcribe.add_argument(
+        "--split-channels", action="store_true", default=None, help="transcribe each channel alone"
+    )
     transcribe.add_argument("--batch-size", type=int, help="at most this many utterances per forward")
     transcribe.add_argument("--max-batch-frames", type=int, help="padded 60 ms frames per forward")
 

@@ -5,47 +5,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, Audio, AudioInput, decode_audio
-from .batching import plan_batches
+from .audio import Audio, AudioInput
+from .batching import BatchTimings, Utterance, plan_batches
 from .checkpoint import ModelFiles, load_model, resolve_model
 from .decoding import CTCDecoder, DecodeOptions
 from .device import resolve_device, resolve_dtype
 from .errors import SenseVoiceError
-from .features import FeatureExtractor, load_cmvn, num_lfr_frames
+from .features import FeatureExtractor, load_cmvn
 from .model import SenseVoiceSmall
 from .results import Segment, Transcription
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_BATCH_FRAMES = 6000  # LFR frames (60 ms each) of padded audio per forward: 6 minutes
-
-
-@dataclass
-class Utterance:
-    """A stretch of 16 kHz mono audio to run through the model, with where it sits in its source."""
-
-    samples: np.ndarray
-    options: DecodeOptions = field(default_factory=DecodeOptions)
-    offset: float = 0.0
-
-    @property
-    def frames(self) -> int:
-        return num_lfr_frames(len(self.samples))
-
-    @property
-    def duration(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
-
-
-@dataclass
-class BatchTimings:
-    features: float = 0.0
-    model: float = 0.0
-    decoding: float = 0.0
 
 
 class SenseVoice:
@@ -148,28 +123,39 @@ class SenseVoice:
         language: str = "auto",
         use_itn: bool = True,
         ban_emo_unk: bool = False,
+        vad: str = "auto",
+        max_segment_seconds: float = 30.0,
+        split_channels: bool = False,
         max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES,
         batch_size: int | None = None,
     ) -> list[Transcription]:
         """Transcribe paths, bytes, file objects, arrays or decoded ``Audio``; one result per input, in order.
 
-        Raises the first input's decode error; the CLI and server handle inputs one by one to report each.
+        Audio longer than ``max_segment_seconds`` is split at pauses by a VAD (``vad="auto"``) and its
+        segments batched with everything else. Raises the first failing input's error; the CLI and the
+        server report inputs one by one instead.
         """
+        from .longform import SegmentationOptions, transcribe_sources
+
         if isinstance(inputs, (str, bytes, bytearray, os.PathLike, np.ndarray, Audio)) or hasattr(
             inputs, "read"
         ):
             inputs = [inputs]
         options = DecodeOptions(language=language, use_itn=use_itn, ban_emo_unk=ban_emo_unk)
-        audios = [decode_audio(item) for item in inputs]
-        segments = self.run_utterances(
-            [Utterance(audio.samples, options) for audio in audios], max_batch_frames, batch_size
-        )
-        return [
-            Transcription(
-                source=audio.source, duration=audio.duration, segments=[segment], warnings=audio.warnings
-            )
-            for audio, segment in zip(audios, segments, strict=True)
-        ]
+        segmentation = SegmentationOptions(vad, max_segment_seconds, split_channels)
+        results: list[Transcription | None] = [None] * len(inputs)
+        for outcome in transcribe_sources(
+            self,
+            enumerate(inputs),
+            options,
+            segmentation,
+            max_batch_frames=max_batch_frames,
+            batch_size=batch_size,
+        ):
+            if outcome.error is not None:
+                raise outcome.error
+            results[outcome.key] = outcome.result
+        return results  # type: ignore[return-value]
 
 
 __all__ = ["SenseVoice", "Utterance", "BatchTimings", "SenseVoiceError"]

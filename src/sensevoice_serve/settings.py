@@ -23,9 +23,16 @@ class Settings(BaseSettings):
     max_batch_frames: int = Field(6000, ge=1, description="padded 60 ms frames per forward")
     batch_size: int | None = Field(None, ge=1, description="at most this many utterances per forward")
 
+    # Long audio
+    vad: Literal["auto", "on", "off"] = Field("auto", description="segment audio longer than the cap")
+    max_segment_seconds: float = Field(30.0, ge=1, le=600, description="longest segment the model sees")
+    split_channels: bool = Field(False, description="transcribe each channel on its own (stereo calls)")
+
     # CLI output
     output_format: OutputFormat = "txt"
     output_dir: str | None = None
+    output: str | None = Field(None, description="bulk mode: the JSONL results file to append to")
+    retry_failed: bool = False
 
 
 def load_settings(**overrides: object) -> Settings:
