@@ -10,7 +10,7 @@ import torch
 
 from sensevoice_serve.audio import decode_audio
 from sensevoice_serve.errors import AudioDecodeError, InvalidOption, ModelLoadError
-from sensevoice_serve.pipeline import SenseVoice
+from sensevoice_serve.pipeline import SenseVoice, Utterance
 
 from .conftest import SHARED_AUDIO, shared_audio
 
@@ -41,9 +41,9 @@ def test_inputs_as_path_bytes_file_and_array_agree(tiny_engine: SenseVoice) -> N
 
 def test_batch_invariance_with_real_padding(tiny_engine: SenseVoice) -> None:
     clips = [decode_audio(shared_audio(n)).samples for n in ("jfk.flac", "zh_sample.wav", "hotwords.mp3")]
-    alone = [tiny_engine.transcribe(clip)[0] for clip in clips]
+    alone = [tiny_engine.run_batch([Utterance(clip)])[0] for clip in clips]
     tiny_engine.forward_batch_sizes.clear()
-    together = tiny_engine.transcribe(clips, max_batch_frames=100_000)
+    together = tiny_engine.run_batch([Utterance(clip) for clip in clips])
     assert tiny_engine.forward_batch_sizes == [3], "the mixed-length clips must run as one padded forward"
     assert len({len(c) for c in clips}) == 3
     for single, batched in zip(alone, together, strict=True):
@@ -65,13 +65,13 @@ def test_batch_invariance_of_logits(tiny_engine: SenseVoice) -> None:
             assert ((alone[0] - batched[index, :n]).abs().max() / scale) <= 1e-4
 
 
-def test_batches_respect_the_frame_budget(tiny_engine: SenseVoice) -> None:
-    clips = [np.zeros(16000 * seconds, dtype=np.float32) for seconds in (1, 2, 3, 4, 5, 6)]
+def test_run_utterances_batches_within_the_budget(tiny_engine: SenseVoice) -> None:
+    clips = [np.zeros(int(16000 * s), dtype=np.float32) for s in (6, 6, 6, 5.5, 5, 2, 2, 1)]
     tiny_engine.forward_batch_sizes.clear()
-    tiny_engine.transcribe(clips, max_batch_frames=250)  # 6 s is 100 frames: at most 2 long ones per batch
-    assert sum(tiny_engine.forward_batch_sizes) == 6
-    assert max(tiny_engine.forward_batch_sizes) >= 2
-    assert len(tiny_engine.forward_batch_sizes) >= 3
+    segments = tiny_engine.run_utterances([Utterance(c) for c in clips], max_batch_frames=250)
+    assert [s.end for s in segments] == [6, 6, 6, 5.5, 5, 2, 2, 1]  # input order, whatever the batches
+    # 6+6 | 6+5.5 | 5 (beside 2 s it would be mostly padding) | 2+2 | 1
+    assert tiny_engine.forward_batch_sizes == [2, 2, 1, 2, 1]
 
 
 def test_options_are_validated(tiny_engine: SenseVoice) -> None:
