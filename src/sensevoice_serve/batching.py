@@ -11,7 +11,6 @@ from .audio import SAMPLE_RATE
 from .decoding import DecodeOptions
 from .features import num_lfr_frames
 
-
 MAX_PADDING_FRACTION = 0.25
 
 
