@@ -10,6 +10,6 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 echo "== phase 1: product tests, funasr absent (on a fresh machine) and blocked from import (everywhere)"
 SENSEVOICE_BLOCK_FUNASR=1 .venv/bin/python -m pytest -m "not parity" "$@"
-echo "== phase 2: parity with the reference implementation (funasr)"
-.venv/bin/pip install -q -c constraints.txt -e '.[test,parity]'
-.venv/bin/python -m pytest -m parity "$@"
+echo "== phase 2: parity with the reference implementation (funasr); the ONNX export in sherpa-onnx"
+.venv/bin/pip install -q -c constraints.txt -e '.[test,parity,bench]'
+.venv/bin/python -m pytest -m "parity or bench" "$@"
