@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import logging
 import sys
 import time
@@ -20,6 +21,8 @@ AUDIO_SUFFIXES = {
     ".wma", ".amr", ".aiff", ".aif", ".caf", ".3gp", ".avi",
 }  # fmt: skip
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE = 0, 1, 2
+# Modules that add their own subcommand through register(commands).
+COMMAND_MODULES = ("export",)
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -210,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("directory")
     make.add_argument("--seed", type=int, default=0)
     make.set_defaults(handler=_make_test_model_command)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"sensevoice_serve.{module}").register(commands)
     return parser
 
 
