@@ -118,8 +118,6 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
         files = todo
 
     engine = SenseVoice.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype)
-    if engine.random_weights:
-        print(f"warning: {settings.model} holds RANDOM weights; its text is meaningless", file=sys.stderr)
     write = WRITERS[settings.output_format]
     output_dir = Path(settings.output_dir) if settings.output_dir else None
     if output_dir:
