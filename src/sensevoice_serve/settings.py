@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     max_segment_seconds: float = Field(30.0, ge=1, le=600, description="longest segment the model sees")
     split_channels: bool = Field(False, description="transcribe each channel on its own (stereo calls)")
 
+    # Server
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' when set")
+    max_queue: int = Field(64, ge=1, description="requests admitted at once; more get 503 + Retry-After")
+    max_upload_mb: float = Field(200.0, gt=0, description="largest upload accepted (413 above)")
+    max_duration_seconds: float = Field(7200.0, gt=0, description="longest audio accepted (413 above)")
+    request_timeout_seconds: float = Field(600.0, gt=0, description="a request still running then gets 504")
+    decode_workers: int | None = Field(None, ge=1, description="decode processes (default: from the cores)")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: from the cores)")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a lone request waits for batch company")
+
     # CLI output
     output_format: OutputFormat = "txt"
     output_dir: str | None = None
