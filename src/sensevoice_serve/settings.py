@@ -35,9 +35,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="requests admitted at once; more get 503 + Retry-After")
     max_upload_mb: float = Field(200.0, gt=0, description="largest upload accepted (413 above)")
     max_duration_seconds: float = Field(7200.0, gt=0, description="longest audio accepted (413 above)")
-    request_timeout_seconds: float = Field(600.0, gt=0, description="a request still running then gets 504")
+    request_timeout_seconds: float = Field(600.0, gt=0, description="a request running this long gets 504")
     decode_workers: int | None = Field(None, ge=1, description="decode processes (default: from the cores)")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: from the cores)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads (default: from the cores)")
     max_wait_ms: float = Field(5.0, ge=0, description="how long a lone request waits for batch company")
 
     # CLI output
