@@ -22,7 +22,7 @@ AUDIO_SUFFIXES = {
 }  # fmt: skip
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE = 0, 1, 2
 # Modules that add their own subcommand through register(commands).
-COMMAND_MODULES = ("server", "export")
+COMMAND_MODULES = ("server", "doctor", "export")
 GLOB_CHARACTERS = set("*?[")
 
 
@@ -73,6 +73,8 @@ class _Progress:
 
 
 def run_transcribe(files: list[Path], settings: Settings) -> int:
+    import torch
+
     from .decoding import DecodeOptions
     from .longform import SegmentationOptions, transcribe_sources
     from .manifest import ManifestWriter, file_key, read_done
@@ -117,7 +119,9 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
             print(f"{skipped} file(s) already in {manifest}: skipped", file=sys.stderr)
         files = todo
 
-    engine = SenseVoice.from_pretrained(settings.model, device=settings.device, dtype=settings.dtype)
+    tuned = settings.tuned()
+    torch.set_num_threads(tuned.torch_threads)
+    engine = SenseVoice.from_pretrained(settings.model, device=tuned.device, dtype=tuned.dtype)
     write = WRITERS[settings.output_format]
     output_dir = Path(settings.output_dir) if settings.output_dir else None
     if output_dir:
@@ -130,7 +134,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
         ((path, path) for path in files),
         decode_options,
         segmentation,
-        max_batch_frames=settings.max_batch_frames,
+        max_batch_frames=tuned.max_batch_frames,
         batch_size=settings.batch_size,
     )
     try:
@@ -200,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split-channels", action="store_true", default=None, help="transcribe each channel alone"
     )
     transcribe.add_argument("--batch-size", type=int, help="at most this many utterances per forward")
+    transcribe.add_argument("--torch-threads", type=int, help="torch threads (default: tuned)")
     transcribe.add_argument("--max-batch-frames", type=int, help="padded 60 ms frames per forward")
 
     transcribe.set_defaults(handler=_transcribe_command)

@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     language: str = Field("auto", description="auto, zh, en, yue, ja, ko, nospeech")
     use_itn: bool = Field(True, description="inverse text normalisation (punctuation, numbers)")
     ban_emo_unk: bool = Field(False, description="never answer EMO_UNKNOWN")
-    max_batch_frames: int = Field(6000, ge=1, description="padded 60 ms frames per forward")
+    max_batch_frames: int | None = Field(
+        None, ge=1, description="padded 60 ms frames per forward (default: tuned)"
+    )
     batch_size: int | None = Field(None, ge=1, description="at most this many utterances per forward")
 
     # Long audio
@@ -38,13 +40,22 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(600.0, gt=0, description="a request running this long gets 504")
     decode_workers: int | None = Field(None, ge=1, description="decode processes (default: from the cores)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads (default: from the cores)")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long a lone request waits for batch company")
+    max_wait_ms: float | None = Field(
+        None, ge=0, description="a lone request's wait for batch company (default: tuned)"
+    )
 
     # CLI output
     output_format: OutputFormat = "txt"
     output_dir: str | None = None
     output: str | None = Field(None, description="bulk mode: the JSONL results file to append to")
     retry_failed: bool = False
+
+    def tuned(self):
+        """Device, dtype, threads and batching: explicit values, else this machine's profile, else rules."""
+        from .tuning import resolve_tuned_settings
+
+        names = ("device", "dtype", "torch_threads", "decode_workers", "max_batch_frames", "max_wait_ms")
+        return resolve_tuned_settings({name: getattr(self, name) for name in names})
 
 
 def load_settings(**overrides: object) -> Settings:

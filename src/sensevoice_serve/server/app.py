@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -78,19 +77,18 @@ class Service:
     def start(self) -> None:
         """Load, warm up; runs in a background thread so the port answers /health meanwhile."""
         try:
-            cores = len(os.sched_getaffinity(0))
-            decode_workers = self.settings.decode_workers or (1 if cores <= 4 else max(2, cores // 4))
-            # Decoding and torch share the cores: oversubscribing them made torch many times slower.
-            torch.set_num_threads(self.settings.torch_threads or max(1, cores - decode_workers))
-            self.pool = DecodePool(decode_workers)
+            tuned = self.settings.tuned()
+            # Decoding and torch share the cores: tuned so that they do not oversubscribe them.
+            torch.set_num_threads(tuned.torch_threads)
+            self.pool = DecodePool(tuned.decode_workers)
             self.engine = SenseVoice.from_pretrained(
-                self.settings.model, device=self.settings.device, dtype=self.settings.dtype
+                self.settings.model, device=tuned.device, dtype=tuned.dtype
             )
             self.scheduler = Scheduler(
                 self.engine,
-                max_batch_frames=self.settings.max_batch_frames,
+                max_batch_frames=tuned.max_batch_frames,
                 max_batch_size=self.settings.batch_size,
-                max_wait=self.settings.max_wait_ms / 1000,
+                max_wait=tuned.max_wait_ms / 1000,
                 max_queue=self.settings.max_queue,
                 on_batch=self.metrics.record_batch,
             )

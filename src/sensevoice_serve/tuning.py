@@ -1,0 +1,137 @@
+"""What this machine should run with: device, precision, threads vs decode workers, batch size, max wait.
+
+``auto_settings`` turns a machine description into settings by rule; ``sensevoice bench --tune`` measures
+candidates and saves the best as a profile, which overrides the rules on the same machine; values the user
+sets explicitly override both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+# A conservative estimate, not yet measured on a GPU (none was lent to the sessions so far): inference keeps a
+# few layers' activations (~7 KB per frame in half precision) plus float32 logits chunks; leave ample room.
+FRAMES_PER_FREE_GIB = 2500
+MAX_GPU_BATCH_FRAMES = 60_000
+CPU_BATCH_FRAMES = 3000
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    capability: tuple[int, int]
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    cpu_count: int
+    gpus: tuple[GpuInfo, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Same machine kind: the profile measured on one applies to the other."""
+        return json.dumps({"cpus": self.cpu_count, "gpus": sorted(g.name for g in self.gpus)}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TunedSettings:
+    device: str = "cpu"
+    dtype: str = "fp32"
+    torch_threads: int = 1
+    decode_workers: int = 1
+    max_batch_frames: int = CPU_BATCH_FRAMES
+    max_wait_ms: float = 5.0
+    source: str = field(default="rules", compare=False)  # rules | profile | user
+
+
+def probe_machine() -> MachineInfo:
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            properties = torch.cuda.get_device_properties(index)
+            gpus.append(GpuInfo(properties.name, (properties.major, properties.minor), free, total))
+    return MachineInfo(cpu_count=len(os.sched_getaffinity(0)), gpus=tuple(gpus))
+
+
+def auto_settings(machine: MachineInfo) -> TunedSettings:
+    """Rules from measurements on 2- and 16-core machines.
+
+    CPU: the model needs the cores. Decoding is a few percent of the work, yet torch threads that compete
+    with a busy decoder for a core run many times slower, so from 3 cores on torch leaves the decoders
+    theirs. On 2 cores giving torch both still won: transcribing the shared recordings took 10.9 s with 2
+    threads against 14.5 s with 1 (full model, CLI, same run). GPU: torch needs few threads, decoding gets
+    most cores, and the batch grows with free memory.
+    """
+    cpus = max(machine.cpu_count, 1)
+    if not machine.gpus:
+        decode_workers = 1 if cpus <= 4 else max(2, cpus // 4)
+        return TunedSettings(
+            device="cpu",
+            dtype="fp32",
+            torch_threads=cpus if cpus <= 2 else cpus - decode_workers,
+            decode_workers=decode_workers,
+            max_batch_frames=CPU_BATCH_FRAMES,
+            max_wait_ms=5.0,
+        )
+    gpu = machine.gpus[0]
+    free_gib = gpu.free_bytes / GIB
+    return TunedSettings(
+        device="cuda:0",
+        dtype="bf16" if gpu.capability >= (8, 0) else "fp16",
+        torch_threads=min(4, cpus),
+        decode_workers=max(1, cpus - min(4, cpus)),
+        max_batch_frames=int(min(MAX_GPU_BATCH_FRAMES, max(2000, free_gib * FRAMES_PER_FREE_GIB))),
+        max_wait_ms=10.0,
+    )
+
+
+def default_profile_path() -> Path:
+    return Path(
+        os.environ.get("SENSEVOICE_PROFILE", Path.home() / ".config" / "sensevoice-serve" / "profile.json")
+    )
+
+
+def save_profile(path: Path, settings: TunedSettings, machine: MachineInfo) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {k: v for k, v in asdict(settings).items() if k != "source"}
+    path.write_text(json.dumps({"machine": machine.fingerprint, "settings": values}, indent=2))
+
+
+def load_profile(path: Path, machine: MachineInfo) -> TunedSettings | None:
+    """The saved settings, or None when absent, unreadable, or measured on another kind of machine."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data["machine"] != machine.fingerprint:
+            logger.warning("ignoring %s: it was measured on another machine (%s)", path, data["machine"])
+            return None
+        known = {f.name for f in fields(TunedSettings)}
+        return TunedSettings(**{k: v for k, v in data["settings"].items() if k in known}, source="profile")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("ignoring unreadable profile %s: %s", path, error)
+        return None
+
+
+def resolve_tuned_settings(explicit: dict, machine: MachineInfo | None = None) -> TunedSettings:
+    """Rules, then this machine's profile, then every explicit value the user set (None or "auto" = unset)."""
+    machine = machine or probe_machine()
+    tuned = load_profile(default_profile_path(), machine) or auto_settings(machine)
+    chosen = {
+        k: v
+        for k, v in explicit.items()
+        if v not in (None, "auto") and k in TunedSettings.__dataclass_fields__
+    }
+    return replace(tuned, **chosen, source="user") if chosen else tuned
