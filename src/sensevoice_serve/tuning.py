@@ -103,10 +103,14 @@ def default_profile_path() -> Path:
     )
 
 
-def save_profile(path: Path, settings: TunedSettings, machine: MachineInfo) -> None:
+def save_profile(path: Path, settings: TunedSettings, machine: MachineInfo | None = None) -> Path:
+    """Write ``settings`` as the profile of ``machine`` (this one by default); returns the path."""
+    machine = machine or probe_machine()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     values = {k: v for k, v in asdict(settings).items() if k != "source"}
     path.write_text(json.dumps({"machine": machine.fingerprint, "settings": values}, indent=2))
+    return path
 
 
 def load_profile(path: Path, machine: MachineInfo) -> TunedSettings | None:
