@@ -35,3 +35,21 @@ class InvalidOption(SenseVoiceError):
     """A transcription option has a value we do not support (e.g. an unknown language)."""
 
     http_status = 400
+
+
+class DecodeWorkerDied(SenseVoiceError):
+    """A decoder process crashed (or was killed) on this input; the pool has been rebuilt."""
+
+    http_status = 503
+
+
+class RequestTimeout(SenseVoiceError):
+    http_status = 504
+
+
+class Unauthorized(SenseVoiceError):
+    http_status = 401
+
+
+class UploadTooLarge(SenseVoiceError):
+    http_status = 413

@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..batching import Utterance
 from ..decoding import DecodeOptions
-from ..errors import InvalidOption, Overloaded, SenseVoiceError
+from ..errors import InvalidOption, Overloaded, RequestTimeout, SenseVoiceError, Unauthorized, UploadTooLarge
 from ..longform import SegmentationOptions, assemble
 from ..pipeline import SenseVoice
 from ..results import Transcription
@@ -40,18 +40,6 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "sensevoice-small"
 WARMUP_SECONDS = 2.0
 RETRY_AFTER_SECONDS = 1
-
-
-class RequestTimeout(SenseVoiceError):
-    http_status = 504
-
-
-class Unauthorized(SenseVoiceError):
-    http_status = 401
-
-
-class UploadTooLarge(SenseVoiceError):
-    http_status = 413
 
 
 @dataclass

@@ -16,12 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..decoding import DecodeOptions
-from ..errors import SenseVoiceError
+from ..errors import DecodeWorkerDied
 from ..longform import SegmentationOptions, default_detector, stream_utterances
-
-
-class DecodeWorkerDied(SenseVoiceError):
-    http_status = 503
 
 
 @dataclass
