@@ -22,7 +22,7 @@ AUDIO_SUFFIXES = {
 }  # fmt: skip
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE = 0, 1, 2
 # Modules that add their own subcommand through register(commands).
-COMMAND_MODULES = ("server", "doctor", "export")
+COMMAND_MODULES = ("server", "doctor", "bench", "export")
 GLOB_CHARACTERS = set("*?[")
 
 
