@@ -75,6 +75,7 @@ class Scheduler:
         self.on_batch = on_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending = 0  # admitted requests not yet finished
+        self._stopping = False
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -88,6 +89,7 @@ class Scheduler:
 
     def start(self) -> None:
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(
                 target=self._work, name=f"inference-{self.engine.device}", daemon=True
             )
@@ -95,6 +97,9 @@ class Scheduler:
 
     def stop(self) -> None:
         """Finish everything admitted so far, then end the worker."""
+        with self._lock:
+            # A request admitted after the stop marker would never run: its caller would wait forever.
+            self._stopping = True
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
@@ -107,6 +112,8 @@ class Scheduler:
             future.set_result(RequestResult([], 0.0, BatchTimings()))
             return future
         with self._lock:
+            if self._stopping:
+                raise Overloaded("shutting down: no new requests are admitted")
             if self._pending >= self.max_queue:
                 raise Overloaded(f"server busy: {self._pending} requests queued (limit {self.max_queue})")
             self._pending += 1
