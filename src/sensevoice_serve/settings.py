@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(200.0, gt=0, description="largest upload accepted (413 above)")
     max_duration_seconds: float = Field(7200.0, gt=0, description="longest audio accepted (413 above)")
     request_timeout_seconds: float = Field(600.0, gt=0, description="a request running this long gets 504")
+    max_files_per_request: int = Field(16, ge=1, description="files in one native request (400 above)")
     decode_workers: int | None = Field(None, ge=1, description="decode processes (default: from the cores)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads (default: from the cores)")
     max_wait_ms: float | None = Field(

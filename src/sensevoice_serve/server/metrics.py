@@ -2,39 +2,97 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..scheduler import BatchReport
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "sensevoice_requests",
-            "HTTP requests by endpoint and status",
+            "sensevoice_http_requests",
+            "HTTP responses by endpoint (route template) and status",
             ["endpoint", "status"],
             registry=self.registry,
         )
+        self.request_seconds = Histogram(
+            "sensevoice_http_request_seconds",
+            "HTTP request latency by endpoint, upload included",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_progress = Gauge(
+            "sensevoice_requests_in_progress",
+            "transcription requests admitted: uploading, decoding, queued or running",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
-            "sensevoice_queue_depth", "requests admitted and not finished", registry=self.registry
+            "sensevoice_queue_depth",
+            "decoded uploads waiting for, or in, the inference worker",
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "sensevoice_batch_size", "utterances per model forward", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            "sensevoice_batch_size", "utterances per model forward", buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )  # fmt: skip
         self.audio_seconds = Counter(
-            "sensevoice_audio_seconds", "audio seconds transcribed", registry=self.registry
+            "sensevoice_audio_seconds", "audio seconds run through the model", registry=self.registry
         )
-        self.decode_seconds = self._latency("decode", "upload decoding and segmentation")
+        self.decode_seconds = self._latency(
+            "decode", "upload decoding and VAD segmentation, pool wait included"
+        )
         self.queue_seconds = self._latency("queue", "waiting for the inference worker")
-        self.inference_seconds = self._latency("inference", "features, model and CTC decoding")
+        self.inference_seconds = self._latency("inference", "features, model and CTC decoding of a request")
 
     def _latency(self, name: str, what: str) -> Histogram:
         return Histogram(f"sensevoice_{name}_seconds", what, buckets=LATENCY_BUCKETS, registry=self.registry)
 
+    def watch(self, in_progress: Callable[[], int], queue_depth: Callable[[], int]) -> None:
+        """Gauges read at scrape time, so they never go stale."""
+        self.in_progress.set_function(in_progress)
+        self.queue_depth.set_function(queue_depth)
+
     def record_batch(self, report: BatchReport) -> None:
         self.batch_size.observe(report.size)
         self.audio_seconds.inc(report.audio_seconds)
+
+
+class RequestMetrics:
+    """ASGI middleware counting every response by endpoint and status, rejections before routing included.
+
+    Paths that are not endpoints share one label, so the label set stays bounded whatever clients try.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: frozenset[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app raises before answering
+        started = time.perf_counter()
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            endpoint = scope["path"] if scope["path"] in self.endpoints else "unmatched"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)

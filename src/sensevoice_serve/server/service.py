@@ -1,0 +1,172 @@
+"""What the routes share: one engine with its inference worker, the decode pool, admission and timings.
+
+``start`` loads the model (the server calls it in a background thread, so the port answers ``/health`` at
+once); ``ready`` turns true only after the model has run on generated audio and a decode worker has loaded.
+``bench`` drives the same object without HTTP. Admission (``admit``) and the
+``in_flight`` count are touched only on the event loop, so they need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..batching import Utterance
+from ..decoding import DecodeOptions
+from ..errors import InvalidOption, Overloaded, Unauthorized
+from ..longform import SegmentationOptions, assemble
+from ..pipeline import SenseVoice
+from ..results import Transcription
+from ..scheduler import Scheduler
+from ..settings import Settings
+from .decode_pool import DecodePool
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+WARMUP_SECONDS = 2.0
+
+
+@dataclass
+class Timings:
+    decode: float = 0.0
+    queue: float = 0.0
+    inference: float = 0.0
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        on_load_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.on_load_failure = on_load_failure
+        self.engine: SenseVoice | None = None
+        self.scheduler: Scheduler | None = None
+        self.pool: DecodePool | None = None
+        self.warm = False
+        self.draining = False
+        self.load_error: str | None = None
+        self.in_flight = 0
+        self.metrics.watch(lambda: self.in_flight, lambda: self.scheduler.pending if self.scheduler else 0)
+
+    def start(self) -> None:
+        """Load and warm up (the server runs this in a background thread); a failure is kept in
+        ``load_error`` and reported through ``on_load_failure``."""
+        try:
+            tuned = self.settings.tuned()
+            # torch threads and decode processes share the cores: tuned together, since torch threads
+            # that compete with a busy decoder for a core run many times slower.
+            torch.set_num_threads(tuned.torch_threads)
+            self.pool = DecodePool(tuned.decode_workers, self.default_segmentation())
+            self.engine = SenseVoice.from_pretrained(
+                self.settings.model, device=tuned.device, dtype=tuned.dtype
+            )
+            self.scheduler = Scheduler(
+                self.engine,
+                max_batch_frames=tuned.max_batch_frames,
+                max_batch_size=self.settings.batch_size,
+                max_wait=tuned.max_wait_ms / 1000,
+                # Admission is bounded per request in admit(); this bound is only a backstop for the files
+                # of native requests, each of which is one scheduler request.
+                max_queue=self.settings.max_queue * self.settings.max_files_per_request,
+            )
+            self.scheduler.start()
+            noise = np.random.default_rng(0).normal(0, 0.05, int(WARMUP_SECONDS * 16000)).astype(np.float32)
+            self.scheduler.submit([Utterance(noise)]).result()
+            self.scheduler.on_batch = self.metrics.record_batch  # from now on: user traffic only
+            self.pool.wait_started()
+            self.warm = True
+            logger.info(
+                "ready: %s on %s (%s), %d torch threads, %d decode processes",
+                self.settings.model, self.engine.device, self.engine.dtype,
+                tuned.torch_threads, tuned.decode_workers,
+            )  # fmt: skip
+        except Exception as error:
+            logger.exception("the model could not be loaded; stopping")
+            self.load_error = str(error) or type(error).__name__
+            if self.on_load_failure is not None:
+                self.on_load_failure()
+
+    def stop(self) -> None:
+        """Finish what was admitted, then release the worker and the decode processes."""
+        self.draining = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    @property
+    def ready(self) -> bool:
+        return self.warm and not self.draining and self.in_flight < self.settings.max_queue
+
+    def not_ready_reason(self) -> str:
+        if self.draining:
+            return "the server is shutting down"
+        if self.load_error is not None:
+            return f"the model failed to load: {self.load_error}"
+        if not self.warm:
+            return "the model is still loading"
+        return f"server busy: {self.in_flight} requests in progress (limit {self.settings.max_queue})"
+
+    def check_key(self, authorization: str | None) -> None:
+        expected = self.settings.api_key
+        if not expected:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        # Constant time, so the key cannot be guessed byte by byte from response times.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    def admit(self) -> None:
+        """Take one of ``max_queue`` places for a transcription request (give it back with ``release``), or
+        refuse the request at once: 503, instead of queueing without bound."""
+        if not self.warm or self.draining:
+            raise Overloaded(self.not_ready_reason())
+        if self.in_flight >= self.settings.max_queue:
+            raise Overloaded(self.not_ready_reason())
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def default_segmentation(self) -> SegmentationOptions:
+        return SegmentationOptions(
+            self.settings.vad, self.settings.max_segment_seconds, self.settings.split_channels
+        )
+
+    def check_file_count(self, count: int) -> None:
+        if count > self.settings.max_files_per_request:
+            raise InvalidOption(
+                f"{count} files in one request: the limit is {self.settings.max_files_per_request}"
+            )
+
+    async def transcribe(
+        self, data: bytes, name: str, options: DecodeOptions, segmentation: SegmentationOptions
+    ) -> tuple[Transcription, Timings]:
+        """Decode in the pool, run in the inference worker; cancelling the caller gives up the queue slot."""
+        started = time.perf_counter()
+        decoded = await self.pool.decode(data, self.settings.max_duration_seconds, segmentation)
+        timings = Timings(decode=time.perf_counter() - started)
+        self.metrics.decode_seconds.observe(timings.decode)
+        future = self.scheduler.submit([Utterance(p.samples, options, p.offset) for p in decoded.pieces])
+        try:
+            result = await asyncio.wrap_future(future)
+        finally:
+            future.cancel()  # a no-op once done; otherwise the worker skips this request
+        timings.queue, timings.inference = result.queue_seconds, sum(vars(result.timings).values())
+        self.metrics.queue_seconds.observe(timings.queue)
+        self.metrics.inference_seconds.observe(timings.inference)
+        for piece, segment in zip(decoded.pieces, result.segments, strict=True):
+            segment.channel = piece.channel
+        return assemble(name, decoded.duration, decoded.warnings, result.segments), timings

@@ -1,0 +1,179 @@
+"""What keeps the server up: bad input, limits, overload, timeouts, keys, crashed decoders, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ..audio_fixtures import write_video_only
+from ..conftest import shared_audio
+from .conftest import LiveServer, launch, trickle, wav
+
+openai = pytest.importorskip("openai")
+
+STRICT = {
+    "api_key": "s3cret",
+    "max_queue": 2,
+    "max_upload_mb": 0.5,
+    "max_duration_seconds": 5,
+    "max_files_per_request": 2,
+    "request_timeout_seconds": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def strict(start_server) -> LiveServer:
+    return start_server(**STRICT)
+
+
+def test_bad_files_get_4xx_and_never_disturb_others(
+    server: LiveServer, speech: np.ndarray, tmp_path: Path, tiny_engine
+) -> None:
+    bad = {
+        "empty.wav": b"",
+        "truncated.mp3": shared_audio("hotwords.mp3").read_bytes()[:200],
+        "random.mp3": np.random.default_rng(0).bytes(5000),
+        "notes.txt": b"just some text, not audio at all\n" * 20,
+        "video.mp4": write_video_only(tmp_path / "video.mp4").read_bytes(),
+    }
+    good = wav(speech[: 16000 * 3])
+    [expected] = tiny_engine.transcribe(good)
+    uploads = [*bad.items(), *(("good.wav", good),) * len(bad)]
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        responses = list(pool.map(lambda upload: server.transcribe(upload[1], upload[0]), uploads))
+    for (name, _), response in zip(uploads, responses, strict=True):
+        if name == "good.wav":
+            assert response.status_code == 200 and response.json()["text"] == expected.text
+        else:
+            assert response.status_code == 400, (name, response.text)
+            assert response.json()["error"]["message"], name
+    assert server.transcribe(good).status_code == 200
+
+
+def test_api_key(strict: LiveServer) -> None:
+    clip = wav(np.zeros(8000, dtype=np.float32))
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret"}):
+        response = httpx.post(
+            strict.url + "/v1/audio/transcriptions", files={"file": ("a.wav", clip)}, headers=headers
+        )
+        assert response.status_code == 401
+        assert "API key" in response.json()["error"]["message"]
+    assert httpx.get(strict.url + "/v1/models").status_code == 401
+    assert strict.transcribe(clip).status_code == 200  # with the key
+    for open_path in ("/health", "/ready", "/metrics", "/"):
+        assert httpx.get(strict.url + open_path).status_code == 200, open_path
+    client = openai.OpenAI(base_url=strict.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_upload_size_limit(strict: LiveServer) -> None:
+    too_big = wav(np.zeros(16000 * 20, dtype=np.float32))  # 0.64 MB
+    declared = strict.transcribe(too_big)  # Content-Length says so: refused before the body is read
+    assert declared.status_code == 413 and "0.5 MB limit" in declared.json()["error"]["message"]
+    undeclared = trickle(strict, too_big, seconds=0.2)  # chunked: counted while it streams in
+    assert undeclared.status_code == 413 and "0.5 MB limit" in undeclared.json()["error"]["message"]
+    assert strict.metric("sensevoice_requests_in_progress") == 0
+
+
+def test_duration_and_file_count_limits(strict: LiveServer, speech: np.ndarray) -> None:
+    too_long = strict.transcribe(wav(speech[: 16000 * 6]))
+    assert too_long.status_code == 413 and "5 s limit" in too_long.json()["error"]["message"]
+    clip = ("a.wav", wav(speech[:16000]))
+    too_many = strict.transcribe_native(clip, clip, clip)
+    assert too_many.status_code == 400 and "limit is 2" in too_many.json()["error"]["message"]
+
+
+def test_saturated_queue_answers_503_with_retry_after(strict: LiveServer, speech: np.ndarray) -> None:
+    clip = wav(speech[: 16000 * 4])
+    with ThreadPoolExecutor(2) as slow:
+        # Two uploads that stay in flight hold both admission places.
+        held = [slow.submit(trickle, strict, clip, 1.5) for _ in range(2)]
+        deadline = time.monotonic() + 1
+        while strict.metric("sensevoice_requests_in_progress") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ready = httpx.get(strict.url + "/ready")
+        refused = strict.transcribe(clip)
+        assert all(future.result().status_code == 200 for future in held)
+    assert ready.status_code == 503 and "busy" in ready.json()["reason"]
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert "busy" in refused.json()["error"]["message"]
+    assert httpx.get(strict.url + "/ready").status_code == 200
+
+    # A burst: some refused at once, every admitted one answered.
+    with ThreadPoolExecutor(12) as burst:
+        statuses = [r.status_code for r in burst.map(lambda _: strict.transcribe(clip), range(12))]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+
+
+def test_request_timeout(strict: LiveServer, speech: np.ndarray) -> None:
+    response = trickle(strict, wav(speech[:16000]), seconds=4)  # still uploading at the 2 s timeout
+    assert response.status_code == 504
+    assert "2 s timeout" in response.json()["error"]["message"]
+    assert strict.transcribe(wav(speech[:16000])).status_code == 200
+    assert strict.metric("sensevoice_requests_in_progress") == 0
+
+
+def test_killed_decode_worker_is_replaced(start_server, speech: np.ndarray) -> None:
+    server = start_server(decode_workers=1)
+    clip = wav(speech[:16000])
+    [idle] = server.decode_worker_pids()
+    os.kill(idle, signal.SIGKILL)
+    time.sleep(0.5)  # the pool notices at once; a request that comes later is not to blame
+    assert server.transcribe(clip).status_code == 200
+
+    [busy] = server.decode_worker_pids()
+    os.kill(busy, signal.SIGSTOP)  # frozen, so the next upload is surely inside it when it dies
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(server.transcribe, clip)
+        time.sleep(0.5)
+        os.kill(busy, signal.SIGKILL)
+        died = in_flight.result()
+    assert died.status_code == 503 and died.headers["Retry-After"] == "1"
+    assert "decoder process died" in died.json()["error"]["message"]
+    assert server.transcribe(clip).status_code == 200
+    [replacement] = server.decode_worker_pids()
+
+    # A server killed outright leaves no decode process behind.
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{replacement}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{replacement}").exists()
+
+
+def test_sigterm_drains_in_flight_requests(start_server, speech: np.ndarray) -> None:
+    server = start_server()
+    outcome: dict = {}
+    request = threading.Thread(target=lambda: outcome.update(response=trickle(server, wav(speech), 1.5)))
+    request.start()
+    time.sleep(0.5)
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(httpx.TransportError):  # no new connections while draining
+        httpx.get(server.url + "/ready")
+    request.join(timeout=30)
+    assert outcome["response"].status_code == 200
+    assert outcome["response"].json()["text"]
+    # uvicorn re-raises the signal once drained, so the exit is "terminated by SIGTERM", promptly.
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def test_a_model_that_cannot_load_stops_the_server(tmp_path: Path) -> None:
+    server = launch(tmp_path / "no-such-model")
+    try:
+        assert server.process.wait(timeout=60) == 1
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        raise
+    assert "no-such-model" in server.process.stderr.read().decode()
