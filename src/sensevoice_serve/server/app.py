@@ -7,7 +7,6 @@ says 200 only once it has run on generated audio. On shutdown the lifespan drain
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,8 +28,6 @@ from .errors import error_body, error_code, error_response, json_response, sense
 from .gate import RequestGate
 from .metrics import Metrics, RequestMetrics
 from .service import Service
-
-logger = logging.getLogger(__name__)
 
 MODEL_NAME = "sensevoice-small"
 OPENAI_PATH = "/v1/audio/transcriptions"
@@ -68,7 +65,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s", request.url.path)
+        # Starlette re-raises the error after this response, so uvicorn logs its traceback.
         return error_response(500, f"internal error ({type(error).__name__}); the server keeps running")
 
     @app.get("/health")
@@ -143,9 +140,11 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
         )
         return _native_response(entries)
 
+    page_html = (resources.files(__package__) / "static" / "index.html").read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return (resources.files(__package__) / "static" / "index.html").read_text(encoding="utf-8")
+        return page_html
 
     app.add_middleware(RequestGate, service=service, work_paths=frozenset({OPENAI_PATH, NATIVE_PATH}))
     # Outermost, so the gate's refusals are counted too.
