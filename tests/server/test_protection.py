@@ -16,7 +16,7 @@ import pytest
 
 from ..audio_fixtures import write_video_only
 from ..conftest import shared_audio
-from .conftest import LiveServer, launch, trickle, wav
+from .conftest import LiveServer, launch, trickle, wait_ready, wav
 
 openai = pytest.importorskip("openai")
 
@@ -152,21 +152,40 @@ def test_killed_decode_worker_is_replaced(start_server, speech: np.ndarray) -> N
     assert not Path(f"/proc/{replacement}").exists()
 
 
-def test_sigterm_drains_in_flight_requests(start_server, speech: np.ndarray) -> None:
-    server = start_server()
-    outcome: dict = {}
-    request = threading.Thread(target=lambda: outcome.update(response=trickle(server, wav(speech), 1.5)))
-    request.start()
-    time.sleep(0.5)
-    server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(httpx.TransportError):  # no new connections while draining
-        httpx.get(server.url + "/ready")
-    request.join(timeout=30)
-    assert outcome["response"].status_code == 200
-    assert outcome["response"].json()["text"]
-    # uvicorn re-raises the signal once drained, so the exit is "terminated by SIGTERM", promptly.
-    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+def test_port_answers_at_once_then_sigterm_drains_in_flight_requests(
+    tiny_model_dir: Path, speech: np.ndarray
+) -> None:
+    server = launch(tiny_model_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(server.url + "/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        # Alive before the model is warm (the decode worker alone takes seconds to start): not ready yet.
+        ready, early = httpx.get(server.url + "/ready"), server.transcribe(wav(speech[:16000]))
+        assert health.json() == {"status": "ok", "warm": False}
+        assert ready.status_code == 503 and "loading" in ready.json()["reason"]
+        assert early.status_code == 503 and early.headers["Retry-After"] == "1"
+
+        wait_ready(server)
+        outcome: dict = {}
+        request = threading.Thread(target=lambda: outcome.update(response=trickle(server, wav(speech), 1.5)))
+        request.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(httpx.TransportError):  # no new connections while draining
+            httpx.get(server.url + "/ready")
+        request.join(timeout=30)
+        assert outcome["response"].status_code == 200
+        assert outcome["response"].json()["text"]
+        # uvicorn re-raises the signal once drained, so the exit is "terminated by SIGTERM", promptly.
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
 
 
 def test_a_model_that_cannot_load_stops_the_server(tmp_path: Path) -> None:
