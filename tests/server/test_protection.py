@@ -123,9 +123,32 @@ def test_request_timeout(strict: LiveServer, speech: np.ndarray) -> None:
     assert strict.metric("sensevoice_requests_in_progress") == 0
 
 
-def test_killed_decode_worker_is_replaced(start_server, speech: np.ndarray) -> None:
-    server = start_server(decode_workers=1)
-    clip = wav(speech[:16000])
+@pytest.fixture(scope="module")
+def single_decoder(start_server) -> LiveServer:
+    return start_server(decode_workers=1)
+
+
+def test_a_client_that_leaves_cancels_its_work(single_decoder: LiveServer, speech: np.ndarray) -> None:
+    server, clip = single_decoder, wav(speech[:16000])
+    [decoder] = server.decode_worker_pids()
+    os.kill(decoder, signal.SIGSTOP)  # the upload will wait in the decode pool until the client gives up
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("a.wav", clip)}, timeout=1)
+        deadline = time.monotonic() + 5
+        while server.metric("sensevoice_requests_in_progress") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.metric("sensevoice_requests_in_progress") == 0  # released while the decoder is stuck
+        assert server.metric(
+            "sensevoice_http_requests_total", endpoint="/v1/audio/transcriptions", status="499"
+        )
+    finally:
+        os.kill(decoder, signal.SIGCONT)
+    assert server.transcribe(clip).status_code == 200
+
+
+def test_killed_decode_worker_is_replaced(single_decoder: LiveServer, speech: np.ndarray) -> None:
+    server, clip = single_decoder, wav(speech[:16000])
     [idle] = server.decode_worker_pids()
     os.kill(idle, signal.SIGKILL)
     time.sleep(0.5)  # the pool notices at once; a request that comes later is not to blame

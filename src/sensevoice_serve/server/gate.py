@@ -21,8 +21,8 @@ API_PREFIX = "/v1/"
 
 class RequestGate:
     """For every ``/v1/`` call: the API key. For transcription requests (``work_paths``) also: the upload
-    size (declared, then counted while it streams in), admission (503 when loading, draining or full) and
-    the request timeout (504; the request's work is cancelled)."""
+    size (declared, then counted while it streams in), admission (503 when loading, draining or full), the
+    request timeout (504) and the client's disconnect; either cancels the request's work."""
 
     def __init__(self, app: ASGIApp, service: Service, work_paths: frozenset[str]) -> None:
         self.app = app
@@ -47,7 +47,7 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         try:
-            await self._run_with_timeout(scope, self._counting(receive), send)
+            await self._run_work(scope, receive, send)
         finally:
             self.service.release()
 
@@ -64,36 +64,52 @@ class RequestGate:
         if content_length is not None and content_length.isdigit() and int(content_length) > self._max_bytes:
             raise self._too_large()
 
-    def _counting(self, receive: Receive) -> Receive:
-        """``receive`` that stops an upload at the limit even when no (or a false) Content-Length came."""
-        received = 0
+    async def _run_work(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request under its limits: the size counted as the body streams in (even without, or with a
+        false, Content-Length), the timeout (504), and cancellation when the client goes away: nobody would
+        read the result, and a client that retries after its own timeout would otherwise double the load."""
+        max_bytes, received, responded = self._max_bytes, 0, False
+        body_read = asyncio.Event()
 
-        async def counting_receive() -> Message:
+        async def app_receive() -> Message:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self._max_bytes:
+            if received > max_bytes:
                 # FastAPI passes an HTTPException raised while it reads the form on to the handlers; any
                 # other exception would become a generic 400.
                 raise HTTPException(413, str(self._too_large()))
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read.set()
             return message
 
-        return counting_receive
-
-    async def _run_with_timeout(self, scope: Scope, receive: Receive, send: Send) -> None:
-        responded = False
-
-        async def noting_send(message: Message) -> None:
+        async def app_send(message: Message) -> None:
             nonlocal responded
             responded = responded or message["type"] == "http.response.start"
             await send(message)
 
+        work = asyncio.ensure_future(self.app(scope, app_receive, app_send))
+
+        async def cancel_on_disconnect() -> None:
+            await body_read.wait()
+            # Once the body is read, the next message from the server is the client's disconnect.
+            if (await receive())["type"] == "http.disconnect" and not responded:
+                work.cancel()
+
+        watcher = asyncio.ensure_future(cancel_on_disconnect())
         timeout = self.service.settings.request_timeout_seconds
         try:
-            await asyncio.wait_for(self.app(scope, receive, noting_send), timeout)
-        except asyncio.TimeoutError:
+            finished, _ = await asyncio.wait({work}, timeout=timeout)
+        finally:
+            watcher.cancel()
+            if not work.done():  # the timeout, or this request's own task is being cancelled
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if not finished:
             if not responded:
                 error = RequestTimeout(
                     f"the request took longer than the {timeout:g} s timeout and was cancelled"
                 )
                 await sensevoice_error_response(error)(scope, receive, send)
+        elif not work.cancelled():  # cancelled: the client went away and there is nobody to answer
+            work.result()  # an error of the app goes on to the outer middleware

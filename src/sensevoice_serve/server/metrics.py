@@ -81,18 +81,22 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500  # what the client gets if the app raises before answering
+        status: str | None = None
         started = time.perf_counter()
 
         async def send_noting_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = str(message["status"])
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, send_noting_status)
+            failed = False
         finally:
+            # No answer sent: the app failed (500), or the client left first (499, as nginx logs it).
+            status = status or ("500" if failed else "499")
             endpoint = scope["path"] if scope["path"] in self.endpoints else "unmatched"
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.requests.labels(endpoint, status).inc()
             self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
