@@ -40,7 +40,9 @@ def _serve_command(args: argparse.Namespace) -> int:
         settings = load_settings(**{name: getattr(args, name) for name in SERVE_FLAGS})
     except ValidationError as error:
         for problem in error.errors():
-            print(f"error: --{'-'.join(str(p) for p in problem['loc'])}: {problem['msg']}", file=sys.stderr)
+            name = str(problem["loc"][0])
+            flag = f"--{name.replace('_', '-')} (or SENSEVOICE_{name.upper()})"
+            print(f"error: {flag}: {problem['msg']}", file=sys.stderr)
         return EXIT_USAGE
     from .runner import serve
 
