@@ -145,6 +145,8 @@ def test_metrics_count_requests_by_endpoint_and_status(server: LiveServer) -> No
 def test_health_ready_and_page(server: LiveServer) -> None:
     assert server.get("/health").json() == {"status": "ok", "warm": True}
     assert server.get("/ready").json() == {"status": "ready"}
+    assert "/v1/audio/transcriptions" in server.get("/openapi.json").json()["paths"]
+    assert server.get("/docs").status_code == 404  # Swagger UI would load its scripts from a CDN
     page = server.get("/").text
     assert "<form" in page and "v1/transcribe" in page
     # Nothing fetched from elsewhere: the page works with no internet.

@@ -44,7 +44,9 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
         yield
         await asyncio.to_thread(service.stop)
 
-    app = FastAPI(title="sensevoice-serve", version="1", lifespan=lifespan)
+    # No /docs or /redoc: those pages load their scripts from a CDN, and this server must work offline.
+    # The API description stays at /openapi.json.
+    app = FastAPI(title="sensevoice-serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
 
     @app.exception_handler(SenseVoiceError)
