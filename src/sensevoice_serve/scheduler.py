@@ -181,11 +181,13 @@ class Scheduler:
                     self._finish(request, failure)
                 continue
             self._report(alive, timings)
+            # A request waits for the whole batch once, however many of its utterances are in it.
+            for request in {id(r): r for r, _ in alive}.values():
+                for name in ("features", "model", "decoding"):
+                    setattr(request.timings, name, getattr(request.timings, name) + getattr(timings, name))
             for (request, index), segment in zip(alive, segments, strict=True):
                 request.segments[index] = segment
                 request.remaining -= 1
-                for name in ("features", "model", "decoding"):
-                    setattr(request.timings, name, getattr(request.timings, name) + getattr(timings, name))
                 if request.remaining == 0:
                     self._finish(request)
 
