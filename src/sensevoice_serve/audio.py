@@ -187,14 +187,18 @@ def _pieces(
     decoded = 0
     # closing(): an error raised here shuts the decoder's container and file at once, not at collection.
     with closing(_decoded(source, max_duration, keep_channels, warnings)) as pieces:
-        for piece in pieces:
-            if piece.shape[1] == 0:
-                continue
-            if not np.isfinite(piece).all():
-                raise AudioDecodeError("the input contains non-finite samples (NaN or infinity)")
-            decoded += piece.shape[1]
-            _check_duration(decoded / SAMPLE_RATE, max_duration, how="stopped decoding at")
-            yield piece
+        try:
+            for piece in pieces:
+                if piece.shape[1] == 0:
+                    continue
+                if not np.isfinite(piece).all():
+                    raise AudioDecodeError("the input contains non-finite samples (NaN or infinity)")
+                decoded += piece.shape[1]
+                _check_duration(decoded / SAMPLE_RATE, max_duration, how="stopped decoding at")
+                yield piece
+        except OSError as error:
+            # The input itself failed (a dying disk, a network share gone): that file fails, not the run.
+            raise AudioDecodeError(f"cannot read the input: {error.strerror or error}") from error
     if decoded == 0:
         raise AudioDecodeError("the input contains no audio samples")
 

@@ -100,6 +100,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     failures = 0
     if manifest is not None:
         done = read_done(manifest)
+        files = list(dict.fromkeys(files))  # a file listed twice is one record
         todo = []
         for path in files:
             try:
@@ -131,7 +132,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     records = ManifestWriter(manifest) if manifest is not None else None
     outcomes = transcribe_sources(
         engine,
-        ((path, path) for path in files),
+        enumerate(files),
         decode_options,
         segmentation,
         max_batch_frames=tuned.max_batch_frames,
@@ -139,7 +140,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     )
     try:
         for outcome in outcomes:
-            path = outcome.key
+            path = files[outcome.key]
             if outcome.error is not None:
                 failures += 1
                 progress.write(f"error: {path}: {outcome.error}")

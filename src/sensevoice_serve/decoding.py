@@ -126,8 +126,9 @@ class CTCDecoder:
                     Token(
                         id=spike.token_id,
                         text=tokenizer.piece(spike.token_id),
-                        start=round(offset + frame_time(spike.first_frame), 3),
-                        end=round(offset + frame_time(spike.last_frame + 1), 3),
+                        start=round(offset + min(frame_time(spike.first_frame), duration), 3),
+                        # The last LFR frame is padded past the audio: a token never outlasts its segment.
+                        end=round(offset + min(frame_time(spike.last_frame + 1), duration), 3),
                     )
                 )
                 continue

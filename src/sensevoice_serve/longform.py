@@ -235,23 +235,57 @@ def transcribe_sources(
     # Bounds decoded-but-unprocessed audio at about two batches of full-length segments.
     segment_frames = int(options.max_segment_seconds / FRAME_SECONDS)
     handoff: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch_frames // segment_frames))
+    stop = threading.Event()
+
+    def hand_over(item: object) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
 
     def produce() -> None:
-        for key, source in sources:
-            try:
-                stream, utterances = stream_utterances(
-                    source, decode_options, options, detector, max_duration
-                )
-                handoff.put(("start", key, stream.source))
-                for item in utterances:
-                    handoff.put(("utterance", key, item))
-                handoff.put(("decoded", key, stream))
-            except SenseVoiceError as error:
-                handoff.put(("error", key, (_label(source), error)))
-        handoff.put(_END)
+        seen: set[object] = set()
+        try:
+            for key, source in sources:
+                if key in seen:
+                    raise ValueError(f"input key {key!r} given twice")
+                seen.add(key)
+                try:
+                    stream, utterances = stream_utterances(
+                        source, decode_options, options, detector, max_duration
+                    )
+                    hand_over(("start", key, stream.source))
+                    for item in utterances:
+                        hand_over(("utterance", key, item))
+                    hand_over(("decoded", key, stream))
+                except SenseVoiceError as error:
+                    hand_over(("error", key, (_label(source), error)))
+        except _Stopped:
+            return
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+            hand_over(("crash", None, error))
+            return
+        hand_over(_END)
 
     producer = threading.Thread(target=produce, name="decode-and-segment", daemon=True)
     producer.start()
+    try:
+        yield from _run_handed_over(engine, handoff, max_batch_frames, batch_size)
+    finally:
+        stop.set()
+        producer.join()
+
+
+class _Stopped(Exception):
+    """The consumer has gone: the decoding thread ends without handing over more."""
+
+
+def _run_handed_over(
+    engine: SenseVoice, handoff: queue.Queue, max_batch_frames: int, batch_size: int | None
+) -> Iterator[FileOutcome]:
     files: dict[object, _FileState] = {}
     pending: list[tuple[object, ChannelUtterance]] = []
     pending_frames = 0
@@ -268,6 +302,8 @@ def transcribe_sources(
             finished = True
         elif item is not None:
             kind, key, payload = item
+            if kind == "crash":
+                raise payload
             if kind == "start":
                 files[key] = _FileState(payload)
             elif kind == "utterance":
@@ -299,4 +335,3 @@ def transcribe_sources(
             )
         for key in [k for k, s in files.items() if s.failed]:
             files.pop(key)
-    producer.join()
