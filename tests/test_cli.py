@@ -81,3 +81,16 @@ def test_make_test_model_and_entry_point(tmp_path: Path) -> None:
     )
     assert "RANDOM" in completed.stdout
     assert (tmp_path / "m" / "model.pt").is_file()
+
+
+def test_progress_counts_audio_within_files_and_each_file_once(capsys: pytest.CaptureFixture) -> None:
+    from sensevoice_serve.cli import _Progress
+
+    progress = _Progress(2)
+    progress.advance("a", 1800.0)
+    progress.advance("a", 900.0)  # segments of another channel may come back earlier in the file
+    progress.advance("b", 360.0)
+    assert "0.60 h audio" in progress.bar.postfix
+    progress.done("a", 3600.0)
+    assert "1.10 h audio" in progress.bar.postfix
+    progress.close()

@@ -328,3 +328,19 @@ def test_peak_memory_does_not_grow_with_the_file(tiny_model_dir: Path, clips, tm
         assert len(record["segments"]) > seconds / 30
         recording.unlink()
     assert peaks["2 h"] - peaks["10 min"] < MEMORY_GROWTH_LIMIT_MB, peaks
+
+
+def test_progress_moves_within_a_long_file(tiny_engine: SenseVoice, long_recording) -> None:
+    path, _ = long_recording
+    reached: list[float] = []
+    outcomes = transcribe_sources(
+        tiny_engine,
+        [("meeting", path)],
+        DecodeOptions(),
+        SegmentationOptions(),
+        max_batch_frames=1000,  # several batches for one file
+        on_progress=lambda key, seconds: reached.append(seconds),
+    )
+    (outcome,) = outcomes
+    assert len(reached) == len(outcome.result.segments)
+    assert max(reached) == outcome.result.segments[-1].end

@@ -24,6 +24,7 @@ EXIT_OK, EXIT_FILE_ERRORS, EXIT_USAGE = 0, 1, 2
 # Modules that add their own subcommand through register(commands).
 COMMAND_MODULES = ("server", "doctor", "bench", "export")
 GLOB_CHARACTERS = set("*?[")
+PROGRESS_SECONDS = 0.5  # least time between redraws of the progress bar
 
 
 def expand_inputs(paths: Sequence[str]) -> list[Path]:
@@ -50,20 +51,40 @@ def _output_path(source: Path, output_dir: Path, output_format: str, used: set[P
 
 
 class _Progress:
-    """Files done, audio hours and speed (x real time) on one bar; silent for a single file."""
+    """Files done, audio hours and speed (x real time) on one bar, moving within long files too.
+
+    One file gets a bar only on a terminal, where a long recording would otherwise show nothing for minutes.
+    """
 
     def __init__(self, total: int):
-        self.bar = tqdm(total=total, unit="file", disable=total < 2, file=sys.stderr, dynamic_ncols=True)
-        self.audio_seconds = 0.0
+        quiet = total < 2 and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="file", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+        self.finished_seconds = 0.0
+        self.reached: dict[object, float] = {}  # files under way: seconds transcribed so far
         self.started = time.perf_counter()
+        self.shown_at = 0.0
 
-    def done(self, audio_seconds: float = 0.0) -> None:
-        self.audio_seconds += audio_seconds
+    def advance(self, key: object, seconds: float) -> None:
+        self.reached[key] = max(self.reached.get(key, 0.0), seconds)
+        self._show()
+
+    def done(self, key: object, audio_seconds: float = 0.0) -> None:
+        self.reached.pop(key, None)
+        self.finished_seconds += audio_seconds
+        self._show()
+        self.bar.update()
+
+    def _show(self) -> None:
+        if self.bar.disable:
+            return
+        audio_seconds = self.finished_seconds + sum(self.reached.values())
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         self.bar.set_postfix_str(
-            f"{self.audio_seconds / 3600:.2f} h audio, {self.audio_seconds / elapsed:.1f}x real time"
+            f"{audio_seconds / 3600:.2f} h audio, {audio_seconds / elapsed:.1f}x real time", refresh=False
         )
-        self.bar.update()
+        if elapsed - self.shown_at >= PROGRESS_SECONDS:  # a segment can take milliseconds
+            self.shown_at = elapsed
+            self.bar.refresh()
 
     def write(self, message: str) -> None:
         self.bar.write(message, file=sys.stderr)
@@ -137,6 +158,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
         segmentation,
         max_batch_frames=tuned.max_batch_frames,
         batch_size=settings.batch_size,
+        on_progress=progress.advance,
     )
     try:
         for outcome in outcomes:
@@ -146,7 +168,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
                 progress.write(f"error: {path}: {outcome.error}")
                 if records is not None:
                     records.append({"key": keys[path], "path": str(path), "error": str(outcome.error)})
-                progress.done()
+                progress.done(outcome.key)
                 continue
             result = outcome.result
             for warning in result.warnings:
@@ -161,7 +183,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
             else:
                 sys.stdout.write(write(result))
                 sys.stdout.flush()
-            progress.done(result.duration)
+            progress.done(outcome.key, result.duration)
     finally:
         progress.close()
         if records is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -224,12 +225,15 @@ def transcribe_sources(
     max_batch_frames: int,
     batch_size: int | None = None,
     max_duration: float | None = None,
+    on_progress: Callable[[object, float], None] | None = None,
 ) -> Iterator[FileOutcome]:
     """Transcribe many inputs, long ones included, yielding each as soon as its last segment is done.
 
     A background thread decodes and segments (PyAV and the VAD) while this thread runs the model, so decoding
     overlaps inference; the queue between them is bounded, and so is memory. Segments of different files
-    share batches. An input that fails to decode yields its error; the others go on.
+    share batches. An input that fails to decode yields its error; the others go on. ``on_progress(key,
+    seconds)`` is told after each batch how far into an input transcription has reached, so a caller can
+    show progress within a long file.
     """
     detector = default_detector(options)
     # Bounds decoded-but-unprocessed audio at about two batches of full-length segments.
@@ -266,14 +270,16 @@ def transcribe_sources(
         except _Stopped:
             return
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            hand_over(("crash", None, error))
-            return
-        hand_over(_END)
+            last: object = ("crash", None, error)
+        else:
+            last = _END
+        with suppress(_Stopped):
+            hand_over(last)
 
     producer = threading.Thread(target=produce, name="decode-and-segment", daemon=True)
     producer.start()
     try:
-        yield from _run_handed_over(engine, handoff, max_batch_frames, batch_size)
+        yield from _run_handed_over(engine, handoff, max_batch_frames, batch_size, on_progress)
     finally:
         stop.set()
         producer.join()
@@ -284,7 +290,11 @@ class _Stopped(Exception):
 
 
 def _run_handed_over(
-    engine: SenseVoice, handoff: queue.Queue, max_batch_frames: int, batch_size: int | None
+    engine: SenseVoice,
+    handoff: queue.Queue,
+    max_batch_frames: int,
+    batch_size: int | None,
+    on_progress: Callable[[object, float], None] | None,
 ) -> Iterator[FileOutcome]:
     files: dict[object, _FileState] = {}
     pending: list[tuple[object, ChannelUtterance]] = []
@@ -328,6 +338,8 @@ def _run_handed_over(
                 segment.channel = channel_utterance.channel
                 files[key].segments.append(segment)
                 files[key].outstanding -= 1
+                if on_progress is not None:
+                    on_progress(key, segment.end)
         for key in [k for k, s in files.items() if s.decoded and s.outstanding == 0 and not s.failed]:
             state = files.pop(key)
             yield FileOutcome(

@@ -108,6 +108,19 @@ def test_native_endpoint_rich_result_and_options(server: LiveServer, native_jfk:
     assert response.json()["results"][0]["raw_text"] == expected.raw_text != native_jfk["raw_text"]
 
 
+def test_native_endpoint_segmentation_options(server: LiveServer) -> None:
+    jfk = ("jfk.flac", shared_audio("jfk.flac").read_bytes())
+    response = server.transcribe_native(jfk, max_segment_seconds="4")
+    assert response.status_code == 200, response.text
+    segments = response.json()["results"][0]["segments"]
+    assert len(segments) >= 3  # 11 s of speech under a 4 s cap
+    assert all(segment["end"] - segment["start"] <= 4.001 for segment in segments)
+
+    refused = server.transcribe_native(jfk, max_segment_seconds="0.5")
+    assert refused.status_code == 400
+    assert "between 1 and 600 seconds" in refused.json()["error"]["message"]
+
+
 def test_native_endpoint_several_files_one_bad(server: LiveServer, speech) -> None:
     response = server.transcribe_native(
         ("a.wav", wav(speech[:16000])), ("notes.txt", b"not audio\n" * 50), ("b.wav", wav(speech[:32000]))

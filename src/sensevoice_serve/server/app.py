@@ -120,6 +120,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
         use_itn: Annotated[bool | None, Form()] = None,
         ban_emo_unk: Annotated[bool | None, Form()] = None,
         vad: Annotated[Literal["auto", "on", "off"] | None, Form()] = None,
+        max_segment_seconds: Annotated[float | None, Form()] = None,
         split_channels: Annotated[bool | None, Form()] = None,
     ) -> JSONResponse:
         """The full result per file, with timings; a file that fails gets its own error entry."""
@@ -131,7 +132,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
         )
         segmentation = SegmentationOptions(
             vad or settings.vad,
-            settings.max_segment_seconds,
+            max_segment_seconds or settings.max_segment_seconds,
             settings.split_channels if split_channels is None else split_channels,
         )
         uploads = [

@@ -22,7 +22,6 @@ import numpy as np
 from ..decoding import DecodeOptions
 from ..errors import DecodeWorkerDied
 from ..longform import SegmentationOptions, default_detector, stream_utterances
-from ..vad import VoiceActivityDetector
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +42,6 @@ class DecodedUpload:
     pieces: list[DecodedPiece]
 
 
-# Per worker process: one detector per segmentation setting, loaded once (the VAD model is the slow part).
-_detectors: dict[SegmentationOptions, VoiceActivityDetector | None] = {}
-
-
-def _detector(options: SegmentationOptions) -> VoiceActivityDetector | None:
-    if options not in _detectors:
-        _detectors[options] = default_detector(options)
-    return _detectors[options]
-
-
 def _exit_with_parent(parent: int) -> None:
     """Nothing shuts the pool down when the server is killed (SIGKILL, the OOM killer): leave on our own
     rather than linger as an orphan holding the VAD in memory."""
@@ -67,12 +56,14 @@ def _init_worker(usual: SegmentationOptions) -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     # Each worker is one decode lane: torch (the VAD) must not fan out over the cores the model is using.
     torch.set_num_threads(1)
-    _detector(usual)
+    default_detector(usual)  # loads the VAD network (the slow part) once, before the first upload
 
 
 def decode_upload(data: bytes, max_duration: float, options: SegmentationOptions) -> DecodedUpload:
     """Runs in a worker: decode (stopping at ``max_duration``), then cut into what the model will see."""
-    stream, utterances = stream_utterances(data, DecodeOptions(), options, _detector(options), max_duration)
+    stream, utterances = stream_utterances(
+        data, DecodeOptions(), options, default_detector(options), max_duration
+    )
     pieces = [
         DecodedPiece(item.utterance.samples, item.utterance.offset, item.channel) for item in utterances
     ]
