@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 VadMode = Literal["auto", "on", "off"]
 STREAM_WINDOW_SECONDS = 30.0
+STOP_WAIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -282,7 +283,9 @@ def transcribe_sources(
         yield from _run_handed_over(engine, handoff, max_batch_frames, batch_size, on_progress)
     finally:
         stop.set()
-        producer.join()
+        # It stops at its next hand-over; one stuck reading its input (a dead network share) is left behind
+        # as a daemon rather than hanging the caller, say after Ctrl-C.
+        producer.join(timeout=STOP_WAIT_SECONDS)
 
 
 class _Stopped(Exception):

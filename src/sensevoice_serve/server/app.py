@@ -132,7 +132,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
         )
         segmentation = SegmentationOptions(
             vad or settings.vad,
-            max_segment_seconds or settings.max_segment_seconds,
+            settings.max_segment_seconds if max_segment_seconds is None else max_segment_seconds,
             settings.split_channels if split_channels is None else split_channels,
         )
         uploads = [
