@@ -65,6 +65,21 @@ def test_openai_verbose_json_with_words(client: openai.OpenAI, native_jfk: dict)
     assert [w.start for w in result.words] == sorted(w.start for w in result.words)
 
 
+def test_openai_long_upload_is_segmented(client: openai.OpenAI, speech) -> None:
+    """47 s of speech, over the 30 s cap: the VAD splits it, and the formats follow the segments."""
+    upload = ("speech.wav", wav(speech))
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=upload, response_format="verbose_json"
+    )
+    assert result.duration == pytest.approx(len(speech) / 16000, abs=0.01)
+    assert len(result.segments) >= 2
+    assert all(0 <= s.start < s.end <= result.duration and s.end - s.start <= 30.001 for s in result.segments)
+    assert [s.start for s in result.segments] == sorted(s.start for s in result.segments)
+    subtitles = client.audio.transcriptions.create(model="whisper-1", file=upload, response_format="srt")
+    cues = list(srt.parse(subtitles))
+    assert cues and cues[-1].end.total_seconds() <= result.duration
+
+
 def test_openai_verbose_json_without_words(client: openai.OpenAI) -> None:
     result = _openai_transcribe(client, "verbose_json")
     assert result.segments and getattr(result, "words", None) is None
