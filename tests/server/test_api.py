@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import srt
 import webvtt
@@ -145,6 +148,15 @@ def test_native_endpoint_several_files_one_bad(server: LiveServer, speech) -> No
     assert (first["status"], bad["status"], second["status"]) == (200, 400, 200)
     assert bad["source"] == "notes.txt" and "not a recognised audio" in bad["error"]["message"]
     assert first["duration"] == 1.0 and second["duration"] == 2.0
+
+
+def test_decoded_uploads_leave_no_spill_files(server: LiveServer, speech) -> None:
+    """Samples come back from the decode workers through files: none may outlive its request."""
+    response = server.transcribe_native(("a.wav", wav(speech)), ("bad.mp3", b"not audio" * 100))
+    assert [entry["status"] for entry in response.json()["results"]] == [200, 400]
+    spill_dirs = list(Path(tempfile.gettempdir()).glob(f"sensevoice-uploads-{server.process.pid}-*"))
+    assert spill_dirs
+    assert [path for directory in spill_dirs for path in directory.iterdir()] == []
 
 
 def test_native_endpoint_only_bad_files_is_an_error(server: LiveServer) -> None:

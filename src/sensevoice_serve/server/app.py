@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Literal
+from typing import Annotated, BinaryIO, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -107,9 +107,8 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
         options = DecodeOptions(
             (language or settings.language).lower(), settings.use_itn, settings.ban_emo_unk
         )
-        data = await file.read()
         result, _ = await service.transcribe(
-            data, file.filename or "upload", options, service.default_segmentation()
+            file.file, file.filename or "upload", options, service.default_segmentation()
         )
         return openai_format.render(result, response_format, timestamp_granularities)
 
@@ -135,9 +134,7 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
             settings.max_segment_seconds if max_segment_seconds is None else max_segment_seconds,
             settings.split_channels if split_channels is None else split_channels,
         )
-        uploads = [
-            (upload.filename or f"file{index}", await upload.read()) for index, upload in enumerate(files)
-        ]
+        uploads = [(upload.filename or f"file{index}", upload.file) for index, upload in enumerate(files)]
         entries = await asyncio.gather(
             *(_file_entry(service, name, data, options, segmentation) for name, data in uploads)
         )
@@ -158,7 +155,11 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
 
 
 async def _file_entry(
-    service: Service, name: str, data: bytes, options: DecodeOptions, segmentation: SegmentationOptions
+    service: Service,
+    name: str,
+    data: bytes | BinaryIO,
+    options: DecodeOptions,
+    segmentation: SegmentationOptions,
 ) -> dict:
     try:
         result, timings = await service.transcribe(data, name, options, segmentation)

@@ -3,6 +3,11 @@
 A worker that dies (killed, or a codec crash) breaks the whole ``ProcessPoolExecutor``: every task in it
 fails. The pool is then rebuilt; a request whose upload was in the broken pool gets a clear 503, and a
 request that merely arrived after the break is sent to the new pool, since its upload cannot be the cause.
+
+Decoded samples come back through a file, not the result pipe: the worker appends each segment to a spill
+file as the stream produces it, and the server maps that file. Pickling a 2-hour upload's 460 MB of samples
+through the pipe would hold them three times over (the worker's copy, the pickle, the server's copy); mapped,
+they are pages the kernel can drop and reread, and the worker never holds more than a segment.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -24,6 +33,7 @@ from ..errors import DecodeWorkerDied
 from ..longform import SegmentationOptions, default_detector, stream_utterances
 
 logger = logging.getLogger(__name__)
+UPLOAD_COPY_BYTES = 1 << 20
 
 
 @dataclass
@@ -40,6 +50,30 @@ class DecodedUpload:
     duration: float
     warnings: list[str]
     pieces: list[DecodedPiece]
+
+
+@dataclass
+class _SpilledUpload:
+    """What a worker sends back: the spill file and where each piece's samples are in it."""
+
+    path: str
+    duration: float
+    warnings: list[str]
+    spans: list[tuple[int, int, float, int | None]]  # first sample, sample count, offset, channel
+
+    def load(self) -> DecodedUpload:
+        """Map the samples; the file is unlinked at once and its space freed when the last view goes."""
+        try:
+            total = sum(count for _, count, _, _ in self.spans)
+            # "c": private pages, so the arrays are writable as torch wants; nothing is written back.
+            samples = np.memmap(self.path, np.float32, mode="c") if total else np.empty(0, np.float32)
+        finally:
+            os.unlink(self.path)
+        pieces = [
+            DecodedPiece(samples[first : first + count], offset, channel)
+            for first, count, offset, channel in self.spans
+        ]
+        return DecodedUpload(self.duration, self.warnings, pieces)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -59,15 +93,27 @@ def _init_worker(usual: SegmentationOptions) -> None:
     default_detector(usual)  # loads the VAD network (the slow part) once, before the first upload
 
 
-def decode_upload(data: bytes, max_duration: float, options: SegmentationOptions) -> DecodedUpload:
-    """Runs in a worker: decode (stopping at ``max_duration``), then cut into what the model will see."""
+def decode_upload(
+    upload_path: str, max_duration: float, options: SegmentationOptions, spill_dir: str
+) -> _SpilledUpload:
+    """Runs in a worker: decode the upload's file (stopping at ``max_duration``), cut it into what the model
+    will see, and spill the pieces' samples to a file in ``spill_dir``."""
     stream, utterances = stream_utterances(
-        data, DecodeOptions(), options, default_detector(options), max_duration
+        Path(upload_path), DecodeOptions(), options, default_detector(options), max_duration
     )
-    pieces = [
-        DecodedPiece(item.utterance.samples, item.utterance.offset, item.channel) for item in utterances
-    ]
-    return DecodedUpload(stream.duration, list(stream.warnings), pieces)
+    spans: list[tuple[int, int, float, int | None]] = []
+    written = 0
+    with tempfile.NamedTemporaryFile(dir=spill_dir, suffix=".f32", delete=False) as spill:
+        try:
+            for item in utterances:
+                samples = np.ascontiguousarray(item.utterance.samples, dtype=np.float32)
+                spill.write(samples.data)
+                spans.append((written, len(samples), item.utterance.offset, item.channel))
+                written += len(samples)
+        except BaseException:
+            os.unlink(spill.name)
+            raise
+    return _SpilledUpload(spill.name, stream.duration, list(stream.warnings), spans)
 
 
 class DecodePool:
@@ -75,6 +121,8 @@ class DecodePool:
         self.workers = workers
         self.usual = usual
         self._lock = threading.Lock()
+        # Files of uploads in flight; removed with the pool, so a worker that died mid-write leaves nothing.
+        self._spill_dir = tempfile.TemporaryDirectory(prefix=f"sensevoice-uploads-{os.getpid()}-")
         self._executor, self._started = self._start()
 
     def _start(self) -> tuple[ProcessPoolExecutor, list[Future]]:
@@ -93,23 +141,51 @@ class DecodePool:
         for future in wait(self._started).done:
             future.result()
 
-    async def decode(self, data: bytes, max_duration: float, options: SegmentationOptions) -> DecodedUpload:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
+    async def decode(
+        self, data: bytes | BinaryIO, max_duration: float, options: SegmentationOptions
+    ) -> DecodedUpload:
+        """Decode an upload (its bytes, or its file from the start) in a worker."""
+        # The worker reads the upload from a file rather than a pickled copy through its pipe.
+        upload_path = await asyncio.to_thread(self._write_upload, data)
         try:
-            task = loop.run_in_executor(executor, decode_upload, data, max_duration, options)
+            return await self._decode_file(upload_path, max_duration, options)
+        finally:
+            os.unlink(upload_path)  # a worker still reading it keeps its open file
+
+    def _write_upload(self, data: bytes | BinaryIO) -> str:
+        with tempfile.NamedTemporaryFile(dir=self._spill_dir.name, suffix=".upload", delete=False) as file:
+            if isinstance(data, bytes | bytearray):
+                file.write(data)
+            else:
+                data.seek(0)
+                shutil.copyfileobj(data, file, UPLOAD_COPY_BYTES)
+        return file.name
+
+    async def _decode_file(
+        self, upload_path: str, max_duration: float, options: SegmentationOptions
+    ) -> DecodedUpload:
+        executor = self._executor
+        arguments = (upload_path, max_duration, options, self._spill_dir.name)
+        try:
+            future = executor.submit(decode_upload, *arguments)
         except BrokenProcessPool:  # broken before this upload got there: it is not the cause
             self._replace(executor)
             executor = self._executor
-            task = loop.run_in_executor(executor, decode_upload, data, max_duration, options)
+            future = executor.submit(decode_upload, *arguments)
         try:
-            return await task
+            spilled = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # The client left. A queued upload is dropped; one being decoded finishes, and its file goes then.
+            if not future.cancel():
+                future.add_done_callback(_discard_spill)
+            raise
         except BrokenProcessPool as error:
             self._replace(executor)
             raise DecodeWorkerDied(
                 "the audio decoder process died while decoding this upload (it has been restarted); "
                 "retry, and if it happens again this file crashes the decoder"
             ) from error
+        return spilled.load()
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Rebuild the pool once, however many requests saw it break."""
@@ -121,3 +197,9 @@ class DecodePool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._spill_dir.cleanup()
+
+
+def _discard_spill(future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        Path(future.result().path).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -152,7 +153,7 @@ class Service:
             )
 
     async def transcribe(
-        self, data: bytes, name: str, options: DecodeOptions, segmentation: SegmentationOptions
+        self, data: bytes | BinaryIO, name: str, options: DecodeOptions, segmentation: SegmentationOptions
     ) -> tuple[Transcription, Timings]:
         """Decode in the pool, run in the inference worker; cancelling the caller gives up the queue slot."""
         started = time.perf_counter()
