@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,9 @@ STARTUP_SECONDS = 90
 
 
 class LiveServer:
-    def __init__(self, process: subprocess.Popen, port: int, api_key: str | None = None):
+    def __init__(self, process: subprocess.Popen, port: int, temp_dir: Path, api_key: str | None = None):
         self.process = process
+        self.temp_dir = temp_dir  # its TMPDIR: uploads in flight; removed once it has stopped, however
         self.url = f"http://127.0.0.1:{port}"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -77,6 +80,7 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -88,8 +92,10 @@ def free_port() -> int:
 def launch(model_dir: Path, **settings: object) -> LiveServer:
     """``sensevoice serve`` in a subprocess; settings go in as SENSEVOICE_* variables, as in production."""
     port = free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="sensevoice-test-server-"))
     env = {
         **os.environ,
+        "TMPDIR": str(temp_dir),
         "HF_HUB_OFFLINE": "1",
         "SENSEVOICE_MODEL": str(model_dir),
         "SENSEVOICE_PORT": str(port),
@@ -103,7 +109,7 @@ def launch(model_dir: Path, **settings: object) -> LiveServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    return LiveServer(process, port, settings.get("api_key"))
+    return LiveServer(process, port, temp_dir, settings.get("api_key"))
 
 
 def wait_ready(server: LiveServer) -> LiveServer:
