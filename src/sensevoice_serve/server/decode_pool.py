@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +123,7 @@ class DecodePool:
         self._lock = threading.Lock()
         # Files of uploads in flight; removed with the pool, so a worker that died mid-write leaves nothing.
         self._spill_dir = tempfile.TemporaryDirectory(prefix=f"sensevoice-uploads-{os.getpid()}-")
+        self._copier = ThreadPoolExecutor(max(2, workers), thread_name_prefix="upload-copy")
         self._executor, self._started = self._start()
 
     def _start(self) -> tuple[ProcessPoolExecutor, list[Future]]:
@@ -145,21 +146,20 @@ class DecodePool:
         self, data: bytes | BinaryIO, max_duration: float, options: SegmentationOptions
     ) -> DecodedUpload:
         """Decode an upload (its bytes, or its file from the start) in a worker."""
-        # The worker reads the upload from a file rather than a pickled copy through its pipe.
-        upload_path = await asyncio.to_thread(self._write_upload, data)
+        # The worker reads the upload from a file rather than a pickled copy through its pipe. The file is
+        # made here, so that it goes even when the request is cancelled while the copy is still running.
+        handle, upload_path = tempfile.mkstemp(dir=self._spill_dir.name, suffix=".upload")
         try:
+            copy = self._copier.submit(_write_upload, handle, data)
+            try:
+                await asyncio.wrap_future(copy)
+            except asyncio.CancelledError:
+                if copy.cancel():  # it had not started, so the handle is still ours to close
+                    os.close(handle)
+                raise
             return await self._decode_file(upload_path, max_duration, options)
         finally:
-            os.unlink(upload_path)  # a worker still reading it keeps its open file
-
-    def _write_upload(self, data: bytes | BinaryIO) -> str:
-        with tempfile.NamedTemporaryFile(dir=self._spill_dir.name, suffix=".upload", delete=False) as file:
-            if isinstance(data, bytes | bytearray):
-                file.write(data)
-            else:
-                data.seek(0)
-                shutil.copyfileobj(data, file, UPLOAD_COPY_BYTES)
-        return file.name
+            os.unlink(upload_path)  # a worker or copy still using it keeps its open file
 
     async def _decode_file(
         self, upload_path: str, max_duration: float, options: SegmentationOptions
@@ -197,7 +197,17 @@ class DecodePool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._copier.shutdown(wait=True)
         self._spill_dir.cleanup()
+
+
+def _write_upload(handle: int, data: bytes | BinaryIO) -> None:
+    with open(handle, "wb") as file:
+        if isinstance(data, bytes | bytearray):
+            file.write(data)
+        else:
+            data.seek(0)
+            shutil.copyfileobj(data, file, UPLOAD_COPY_BYTES)
 
 
 def _discard_spill(future: Future) -> None:
