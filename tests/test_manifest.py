@@ -71,7 +71,12 @@ def test_rerun_skips_done_files_and_redoes_changed_ones(
     assert main(command) == 0
     assert main([*command, str(inputs / "jfk.flac")]) == 0  # listed twice, already done: nothing to do
     assert len(records(manifest)) == 2
-    assert "2 file(s) already in" in capsys.readouterr().err
+    assert "3 file(s) already in" in capsys.readouterr().err  # the two files, one of them listed twice
+
+    again = tmp_path / "again.jsonl"
+    other_spelling = str(inputs / ".." / inputs.name / "zh_sample.wav")
+    assert main([*command[:-3], "--output", str(again), str(inputs), other_spelling]) == 0
+    assert len(records(again)) == 2  # one file under two spellings is one record
 
     os.utime(inputs / "jfk.flac")  # touched: done again
     assert main(command) == 0

@@ -57,7 +57,8 @@ class _Progress:
     """
 
     def __init__(self, total: int):
-        quiet = total < 2 and not sys.stderr.isatty()
+        self.live = sys.stderr.isatty()  # in a log file, redraws within files would only add lines
+        quiet = total < 2 and not self.live
         self.bar = tqdm(total=total, unit="file", disable=quiet, file=sys.stderr, dynamic_ncols=True)
         self.finished_seconds = 0.0
         self.reached: dict[object, float] = {}  # files under way: seconds transcribed so far
@@ -82,7 +83,7 @@ class _Progress:
         self.bar.set_postfix_str(
             f"{audio_seconds / 3600:.2f} h audio, {audio_seconds / elapsed:.1f}x real time", refresh=False
         )
-        if elapsed - self.shown_at >= PROGRESS_SECONDS:  # a segment can take milliseconds
+        if self.live and elapsed - self.shown_at >= PROGRESS_SECONDS:  # a segment can take milliseconds
             self.shown_at = elapsed
             self.bar.refresh()
 
@@ -121,8 +122,8 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     failures = 0
     if manifest is not None:
         done = read_done(manifest)
-        files = list(dict.fromkeys(files))  # a file listed twice is one record
         todo = []
+        queued: set[str] = set()
         for path in files:
             try:
                 keys[path] = file_key(path, output_options)
@@ -130,12 +131,13 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
                 print(f"error: {path}: {error.strerror}", file=sys.stderr)
                 failures += 1
                 continue
-            if keys[path] in done.succeeded:
+            if keys[path] in done.succeeded or keys[path] in queued:  # listed twice: one record
                 continue
             if keys[path] in done.failed and not settings.retry_failed:
                 failures += 1
                 continue
             todo.append(path)
+            queued.add(keys[path])
         skipped = len(files) - len(todo)
         if skipped:
             print(f"{skipped} file(s) already in {manifest}: skipped", file=sys.stderr)
@@ -185,6 +187,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
                 sys.stdout.flush()
             progress.done(outcome.key, result.duration)
     finally:
+        outcomes.close()  # after an error here (a full disk) the decoding thread stops too
         progress.close()
         if records is not None:
             records.close()

@@ -134,6 +134,9 @@ def test_native_endpoint_segmentation_options(server: LiveServer) -> None:
     refused = server.transcribe_native(jfk, max_segment_seconds="0.5")
     assert refused.status_code == 400
     assert "between 1 and 600 seconds" in refused.json()["error"]["message"]
+    over_the_servers_cap = server.transcribe_native(jfk, max_segment_seconds="60")
+    assert over_the_servers_cap.status_code == 400
+    assert "at most this server's 30" in over_the_servers_cap.json()["error"]["message"]
 
 
 def test_native_endpoint_several_files_one_bad(server: LiveServer, speech) -> None:

@@ -164,6 +164,8 @@ def test_killed_decode_worker_is_replaced(single_decoder: LiveServer, speech: np
     assert "decoder process died" in died.json()["error"]["message"]
     assert server.transcribe(clip).status_code == 200
     [replacement] = server.decode_worker_pids()
+    # Nothing of the uploads whose worker died stays in the server's temp directory.
+    assert [path for spill_dir in server.temp_dir.iterdir() for path in spill_dir.iterdir()] == []
 
     # A server killed outright leaves no decode process behind.
     server.process.kill()

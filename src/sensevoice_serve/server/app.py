@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from ..decoding import DecodeOptions
-from ..errors import SenseVoiceError
+from ..errors import InvalidOption, SenseVoiceError
 from ..longform import SegmentationOptions
 from ..settings import Settings
 from . import openai_format
@@ -129,6 +129,11 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
             settings.use_itn if use_itn is None else use_itn,
             settings.ban_emo_unk if ban_emo_unk is None else ban_emo_unk,
         )
+        if max_segment_seconds is not None and max_segment_seconds > settings.max_segment_seconds:
+            # Attention grows with the square of a segment's length: the operator's cap is a memory bound.
+            raise InvalidOption(
+                f"max_segment_seconds may be at most this server's {settings.max_segment_seconds:g}"
+            )
         segmentation = SegmentationOptions(
             vad or settings.vad,
             settings.max_segment_seconds if max_segment_seconds is None else max_segment_seconds,

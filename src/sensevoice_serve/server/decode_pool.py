@@ -94,26 +94,22 @@ def _init_worker(usual: SegmentationOptions) -> None:
 
 
 def decode_upload(
-    upload_path: str, max_duration: float, options: SegmentationOptions, spill_dir: str
+    upload_path: str, max_duration: float, options: SegmentationOptions, spill_path: str
 ) -> _SpilledUpload:
     """Runs in a worker: decode the upload's file (stopping at ``max_duration``), cut it into what the model
-    will see, and spill the pieces' samples to a file in ``spill_dir``."""
+    will see, and spill the pieces' samples to ``spill_path`` (the server removes it whatever happens)."""
     stream, utterances = stream_utterances(
         Path(upload_path), DecodeOptions(), options, default_detector(options), max_duration
     )
     spans: list[tuple[int, int, float, int | None]] = []
     written = 0
-    with tempfile.NamedTemporaryFile(dir=spill_dir, suffix=".f32", delete=False) as spill:
-        try:
-            for item in utterances:
-                samples = np.ascontiguousarray(item.utterance.samples, dtype=np.float32)
-                spill.write(samples.data)
-                spans.append((written, len(samples), item.utterance.offset, item.channel))
-                written += len(samples)
-        except BaseException:
-            os.unlink(spill.name)
-            raise
-    return _SpilledUpload(spill.name, stream.duration, list(stream.warnings), spans)
+    with open(spill_path, "wb") as spill:
+        for item in utterances:
+            samples = np.ascontiguousarray(item.utterance.samples, dtype=np.float32)
+            spill.write(samples.data)
+            spans.append((written, len(samples), item.utterance.offset, item.channel))
+            written += len(samples)
+    return _SpilledUpload(spill_path, stream.duration, list(stream.warnings), spans)
 
 
 class DecodePool:
@@ -150,22 +146,26 @@ class DecodePool:
         # made here, so that it goes even when the request is cancelled while the copy is still running.
         handle, upload_path = tempfile.mkstemp(dir=self._spill_dir.name, suffix=".upload")
         try:
-            copy = self._copier.submit(_write_upload, handle, data)
+            try:
+                copy = self._copier.submit(_write_upload, handle, data)
+            except BaseException:
+                os.close(handle)
+                raise
             try:
                 await asyncio.wrap_future(copy)
             except asyncio.CancelledError:
                 if copy.cancel():  # it had not started, so the handle is still ours to close
                     os.close(handle)
                 raise
-            return await self._decode_file(upload_path, max_duration, options)
+            return await self._decode_file(upload_path, upload_path + ".f32", max_duration, options)
         finally:
             os.unlink(upload_path)  # a worker or copy still using it keeps its open file
 
     async def _decode_file(
-        self, upload_path: str, max_duration: float, options: SegmentationOptions
+        self, upload_path: str, spill_path: str, max_duration: float, options: SegmentationOptions
     ) -> DecodedUpload:
         executor = self._executor
-        arguments = (upload_path, max_duration, options, self._spill_dir.name)
+        arguments = (upload_path, max_duration, options, spill_path)
         try:
             future = executor.submit(decode_upload, *arguments)
         except BrokenProcessPool:  # broken before this upload got there: it is not the cause
@@ -177,14 +177,18 @@ class DecodePool:
         except asyncio.CancelledError:
             # The client left. A queued upload is dropped; one being decoded finishes, and its file goes then.
             if not future.cancel():
-                future.add_done_callback(_discard_spill)
+                future.add_done_callback(lambda _: Path(spill_path).unlink(missing_ok=True))
             raise
         except BrokenProcessPool as error:
+            Path(spill_path).unlink(missing_ok=True)  # the dead worker's partial file
             self._replace(executor)
             raise DecodeWorkerDied(
                 "the audio decoder process died while decoding this upload (it has been restarted); "
                 "retry, and if it happens again this file crashes the decoder"
             ) from error
+        except BaseException:
+            Path(spill_path).unlink(missing_ok=True)
+            raise
         return spilled.load()
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
@@ -208,8 +212,3 @@ def _write_upload(handle: int, data: bytes | BinaryIO) -> None:
         else:
             data.seek(0)
             shutil.copyfileobj(data, file, UPLOAD_COPY_BYTES)
-
-
-def _discard_spill(future: Future) -> None:
-    if not future.cancelled() and future.exception() is None:
-        Path(future.result().path).unlink(missing_ok=True)
