@@ -28,20 +28,20 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sensevoice_serve.audio import SAMPLE_RATE, decode_audio
-from sensevoice_serve.bench import default_cache_dir, encode_mp3, random_full_checkpoint, shared_speech_dir
-from sensevoice_serve.errors import AudioDecodeError
+from sensevoice_serve.audio import SAMPLE_RATE
+from sensevoice_serve.bench import (
+    decodable_recordings,
+    default_cache_dir,
+    encode_mp3,
+    random_full_checkpoint,
+    shared_speech_dir,
+)
 
 NOISE_LEVEL = 1e-3
 
 
 def recordings(directory: Path) -> list[np.ndarray]:
-    decoded = []
-    for path in sorted(directory.iterdir()):
-        try:
-            decoded.append(decode_audio(path).samples)
-        except AudioDecodeError:
-            continue  # the README and anything else that is not audio
+    decoded = list(decodable_recordings(directory))
     if not decoded:
         raise SystemExit(f"no decodable audio in {directory}")
     return decoded

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -102,20 +102,25 @@ def random_full_checkpoint(cache_dir: Path) -> Path:
     return directory
 
 
+def decodable_recordings(directory: Path) -> Iterator[np.ndarray]:
+    """The 16 kHz samples of each decodable recording in ``directory``, by name."""
+    from .audio import decode_audio
+    from .errors import AudioDecodeError
+
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        try:
+            yield decode_audio(path).samples
+        except AudioDecodeError:
+            continue  # READMEs, transcripts and anything else that is not audio
+
+
 def speech_material(directory: Path, seconds_needed: float) -> np.ndarray:
     """The decodable recordings in ``directory`` (by name) joined into one stretch of 16 kHz speech."""
     import numpy as np
 
-    from .audio import decode_audio
-    from .errors import AudioDecodeError
-
     pieces: list[np.ndarray] = []
     total = 0
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        try:
-            samples = decode_audio(path).samples
-        except AudioDecodeError:
-            continue  # READMEs, transcripts and anything else that is not audio
+    for samples in decodable_recordings(directory):
         pieces.append(samples)
         total += len(samples)
         if total >= seconds_needed * SAMPLE_RATE:
