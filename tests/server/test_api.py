@@ -111,7 +111,7 @@ def test_native_endpoint_rich_result_and_options(server: LiveServer, native_jfk:
     assert native_jfk["source"] == "jfk.flac" and native_jfk["duration"] == pytest.approx(11.0, abs=0.01)
     for key in ("language", "emotion", "emotion_prob", "event", "itn", "raw_text", "emoji_text", "warnings"):
         assert key in native_jfk
-    assert set(native_jfk["timings"]) == {"decode", "queue", "inference"}
+    assert set(native_jfk["timings"]) == {"decode", "queue", "inference", "features", "model", "decoding"}
     assert all(value >= 0 for value in native_jfk["timings"].values())
     assert native_jfk["segments"][0]["tokens"][0].keys() == {"id", "text", "start", "end"}
 

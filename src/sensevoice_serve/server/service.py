@@ -37,9 +37,14 @@ WARMUP_SECONDS = 2.0
 
 @dataclass
 class Timings:
+    """Seconds a request spent in each part; ``inference`` is features + model + decoding."""
+
     decode: float = 0.0
     queue: float = 0.0
     inference: float = 0.0
+    features: float = 0.0
+    model: float = 0.0
+    decoding: float = 0.0
 
 
 class Service:
@@ -165,7 +170,13 @@ class Service:
             result = await asyncio.wrap_future(future)
         finally:
             future.cancel()  # a no-op once done; otherwise the worker skips this request
-        timings.queue, timings.inference = result.queue_seconds, sum(vars(result.timings).values())
+        timings.queue = result.queue_seconds
+        timings.features, timings.model, timings.decoding = (
+            result.timings.features,
+            result.timings.model,
+            result.timings.decoding,
+        )
+        timings.inference = timings.features + timings.model + timings.decoding
         self.metrics.queue_seconds.observe(timings.queue)
         self.metrics.inference_seconds.observe(timings.inference)
         for piece, segment in zip(decoded.pieces, result.segments, strict=True):
