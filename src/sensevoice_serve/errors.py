@@ -25,10 +25,22 @@ class ModelLoadError(SenseVoiceError):
     http_status = 500
 
 
-class Overloaded(SenseVoiceError):
-    """The scheduler's queue is full; retry later."""
+class Unavailable(SenseVoiceError):
+    """The server cannot take work right now; the client should retry later (503 + Retry-After)."""
 
     http_status = 503
+
+
+class Overloaded(Unavailable):
+    """Every admission place (or the scheduler's queue, or the temp space for uploads) is taken."""
+
+
+class ModelLoading(Unavailable):
+    """The model is still loading or warming up."""
+
+
+class ShuttingDown(Unavailable):
+    """The server is draining before it stops: no new work is admitted."""
 
 
 class InvalidOption(SenseVoiceError):
