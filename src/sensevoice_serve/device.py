@@ -56,8 +56,20 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def refuse_half_precision_on_cpu(spec: str) -> None:
+    """fp16 and bf16 only cost on a CPU: slower than fp32 there, and bf16 changes the transcripts."""
+    if DTYPES.get(spec) in (torch.float16, torch.bfloat16):
+        raise InvalidOption(
+            f"dtype {spec} is for GPUs: on the CPU it runs slower than fp32 and bf16 changes the "
+            "transcripts; use --dtype fp32 (or auto) with the CPU"
+        )
+
+
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on compute capability >= 8.0, fp16 on older GPUs, fp32 on the CPU."""
+    """``auto``: bf16 on compute capability >= 8.0, fp16 on older GPUs, fp32 on the CPU.
+
+    Half precision on the CPU is refused rather than run slowly with changed tokens.
+    """
     if spec == "auto":
         if device.type != "cuda":
             return torch.float32
@@ -65,4 +77,6 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if major >= 8 else torch.float16
     if spec not in DTYPES:
         raise InvalidOption(f"unknown dtype {spec!r}: use auto, fp32, fp16 or bf16")
+    if device.type == "cpu":
+        refuse_half_precision_on_cpu(spec)
     return DTYPES[spec]

@@ -13,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from .errors import InvalidOption
+
 logger = logging.getLogger(__name__)
 
 GIB = 1024**3
@@ -21,6 +23,7 @@ GIB = 1024**3
 FRAMES_PER_FREE_GIB = 2500
 MAX_GPU_BATCH_FRAMES = 60_000
 CPU_BATCH_FRAMES = 3000
+FULL_PRECISION = {"fp32", "float32"}
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,11 @@ def probe_machine() -> MachineInfo:
     return MachineInfo(cpu_count=len(os.sched_getaffinity(0)), gpus=tuple(gpus))
 
 
-def auto_settings(machine: MachineInfo) -> TunedSettings:
-    """Rules from measurements on 2- and 16-core machines.
+def auto_settings(machine: MachineInfo, device: str = "auto", dtype: str = "auto") -> TunedSettings:
+    """Rules from measurements on 2- and 16-core machines, for ``device`` and ``dtype`` ("auto": chosen here).
+
+    Every value follows the device actually chosen: ``--device cpu`` on a GPU machine gets the CPU rules,
+    ``--device cuda:1`` the memory of GPU 1.
 
     CPU: the model needs the cores. Decoding is a few percent of the work, yet torch threads that compete
     with a busy decoder for a core run many times slower, so from 3 cores on torch leaves the decoders
@@ -74,25 +80,63 @@ def auto_settings(machine: MachineInfo) -> TunedSettings:
     threads against 14.5 s with 1 (full model, CLI, same run). GPU: torch needs few threads, decoding gets
     most cores, and the batch grows with free memory.
     """
-    cpus = max(machine.cpu_count, 1)
+    gpu_index = _gpu_index(machine, device)
+    if gpu_index is None:
+        return _cpu_rules(machine.cpu_count, "cpu" if device == "auto" else device, dtype)
+    return _gpu_rules(machine, gpu_index, dtype)
+
+
+def _gpu_index(machine: MachineInfo, device: str) -> int | None:
+    """Which of ``machine``'s GPUs ``device`` names; None for the CPU (or another non-CUDA device)."""
+    if device == "auto":
+        return 0 if machine.gpus else None
+    kind, _, index = device.partition(":")
+    index = index or "0"
+    if kind != "cuda":
+        return None
     if not machine.gpus:
-        decode_workers = 1 if cpus <= 4 else max(2, cpus // 4)
-        return TunedSettings(
-            device="cpu",
-            dtype="fp32",
-            torch_threads=cpus if cpus <= 2 else cpus - decode_workers,
-            decode_workers=decode_workers,
-            max_batch_frames=CPU_BATCH_FRAMES,
-            max_wait_ms=5.0,
+        raise InvalidOption(
+            f"device {device}: torch sees no CUDA GPU here (a CPU-only torch build, or no driver): "
+            "use --device cpu or auto"
         )
-    gpu = machine.gpus[0]
-    free_gib = gpu.free_bytes / GIB
+    if not index.isdigit() or int(index) >= len(machine.gpus):
+        raise InvalidOption(
+            f"device {device}: this machine has {len(machine.gpus)} GPU(s), "
+            f"cuda:0 to cuda:{len(machine.gpus) - 1}"
+        )
+    return int(index)
+
+
+def _cpu_rules(cpu_count: int, device: str, dtype: str) -> TunedSettings:
+    from .device import refuse_half_precision_on_cpu
+
+    if device == "cpu":
+        refuse_half_precision_on_cpu(dtype)
+    cpus = max(cpu_count, 1)
+    decode_workers = 1 if cpus <= 4 else max(2, cpus // 4)
     return TunedSettings(
-        device="cuda:0",
-        dtype="bf16" if gpu.capability >= (8, 0) else "fp16",
+        device=device,
+        dtype="fp32",
+        torch_threads=cpus if cpus <= 2 else cpus - decode_workers,
+        decode_workers=decode_workers,
+        max_batch_frames=CPU_BATCH_FRAMES,
+        max_wait_ms=5.0,
+    )
+
+
+def _gpu_rules(machine: MachineInfo, index: int, dtype: str) -> TunedSettings:
+    gpu = machine.gpus[index]
+    cpus = max(machine.cpu_count, 1)
+    if dtype == "auto":
+        dtype = "bf16" if gpu.capability >= (8, 0) else "fp16"
+    # The estimate is for half precision; fp32 activations take twice the memory.
+    frames_per_gib = FRAMES_PER_FREE_GIB // 2 if dtype in FULL_PRECISION else FRAMES_PER_FREE_GIB
+    return TunedSettings(
+        device=f"cuda:{index}",
+        dtype=dtype,
         torch_threads=min(4, cpus),
         decode_workers=max(1, cpus - min(4, cpus)),
-        max_batch_frames=int(min(MAX_GPU_BATCH_FRAMES, max(2000, free_gib * FRAMES_PER_FREE_GIB))),
+        max_batch_frames=int(min(MAX_GPU_BATCH_FRAMES, max(2000, gpu.free_bytes / GIB * frames_per_gib))),
         max_wait_ms=10.0,
     )
 
@@ -130,12 +174,26 @@ def load_profile(path: Path, machine: MachineInfo) -> TunedSettings | None:
 
 
 def resolve_tuned_settings(explicit: dict, machine: MachineInfo | None = None) -> TunedSettings:
-    """Rules, then this machine's profile, then every explicit value the user set (None or "auto" = unset)."""
+    """Every explicit value the user set (None or "auto" = unset), the rest from this machine's profile,
+    else from the rules, both for the device and precision chosen.
+
+    A profile measured on another device or precision than the one set explicitly does not apply: its
+    batch size and threads were measured for that one.
+    """
     machine = machine or probe_machine()
-    tuned = load_profile(default_profile_path(), machine) or auto_settings(machine)
     chosen = {
         k: v
         for k, v in explicit.items()
         if v not in (None, "auto") and k in TunedSettings.__dataclass_fields__
     }
+    rules = auto_settings(machine, chosen.get("device", "auto"), chosen.get("dtype", "auto"))
+    if "device" in chosen:
+        chosen["device"] = rules.device  # "cuda" spelled as the GPU it means: "cuda:0"
+    profile = load_profile(default_profile_path(), machine)
+    if profile is not None and any(
+        getattr(profile, name) != chosen[name] for name in ("device", "dtype") if name in chosen
+    ):
+        logger.info("not using the profile: it was measured on %s %s", profile.device, profile.dtype)
+        profile = None
+    tuned = profile or rules
     return replace(tuned, **chosen, source="user") if chosen else tuned
