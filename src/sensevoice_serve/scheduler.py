@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .batching import plan_batches
-from .errors import Overloaded, SenseVoiceError
+from .errors import Overloaded, SenseVoiceError, ShuttingDown
 from .pipeline import BatchTimings, SenseVoice, Utterance
 from .results import Segment
 
@@ -64,14 +64,14 @@ class Scheduler:
         max_batch_frames: int,
         max_batch_size: int | None = None,
         max_wait: float = 0.005,
-        max_queue: int = 256,
+        max_pending: int = 256,
         on_batch: Callable[[BatchReport], None] | None = None,
     ):
         self.engine = engine
         self.max_batch_frames = max_batch_frames
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
-        self.max_queue = max_queue
+        self.max_pending = max_pending
         self.on_batch = on_batch
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._pending = 0  # admitted requests not yet finished
@@ -84,8 +84,9 @@ class Scheduler:
         return self._pending
 
     @property
-    def saturated(self) -> bool:
-        return self._pending >= self.max_queue
+    def healthy(self) -> bool:
+        """The inference worker is running: False before start(), after stop() and once it has died."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         if self._thread is None:
@@ -106,16 +107,17 @@ class Scheduler:
             self._thread = None
 
     def submit(self, utterances: Sequence[Utterance]) -> Future[RequestResult]:
-        """Admit a request or raise ``Overloaded`` at once when the queue is full."""
+        """Admit a request, or raise at once: ``Overloaded`` when ``max_pending`` requests wait,
+        ``ShuttingDown`` after stop()."""
         future: Future[RequestResult] = Future()
         if not utterances:
             future.set_result(RequestResult([], 0.0, BatchTimings()))
             return future
         with self._lock:
             if self._stopping:
-                raise Overloaded("shutting down: no new requests are admitted")
-            if self._pending >= self.max_queue:
-                raise Overloaded(f"server busy: {self._pending} requests queued (limit {self.max_queue})")
+                raise ShuttingDown("shutting down: no new requests are admitted")
+            if self._pending >= self.max_pending:
+                raise Overloaded(f"server busy: {self._pending} requests queued (limit {self.max_pending})")
             self._pending += 1
         self._queue.put(_Request(utterances, future))
         return future
