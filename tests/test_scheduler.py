@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
+import torch
 
-from sensevoice_serve.batching import Utterance
-from sensevoice_serve.errors import Overloaded, ShuttingDown
-from sensevoice_serve.scheduler import Scheduler
+from sensevoice_serve import scheduler as scheduler_module
+from sensevoice_serve.batching import BatchTimings, Utterance
+from sensevoice_serve.errors import DeviceOutOfMemory, InferenceWorkerDied, Overloaded, ShuttingDown
+from sensevoice_serve.pipeline import SenseVoice
+from sensevoice_serve.results import Segment
+from sensevoice_serve.scheduler import RECOVERY_BATCHES, RECOVERY_STEPS, BatchReport, Scheduler
 
 
 def second_of_silence() -> list[Utterance]:
@@ -42,3 +51,178 @@ def test_healthy_while_the_worker_runs(tiny_engine) -> None:
     assert scheduler.healthy
     scheduler.stop()
     assert not scheduler.healthy
+
+
+class WorkerKiller(BaseException):
+    """Not an Exception: it escapes the per-batch handler, as a bug in the worker itself would."""
+
+
+class FlakyEngine:
+    """The tiny engine behind injected faults: out of memory above ``memory_frames`` padded frames, and
+    ``before_forward`` called with each batch first (to block or raise)."""
+
+    def __init__(
+        self,
+        engine: SenseVoice,
+        memory_frames: int | None = None,
+        before_forward: Callable[[Sequence[Utterance]], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.device = engine.device
+        self.memory_frames = memory_frames
+        self.before_forward = before_forward
+        self.forwards: list[int] = []  # sizes of the batches that ran
+
+    def run_batch(
+        self, utterances: Sequence[Utterance], timings: BatchTimings | None = None
+    ) -> list[Segment]:
+        if self.before_forward is not None:
+            self.before_forward(utterances)
+        padded = len(utterances) * max(u.frames for u in utterances)
+        if self.memory_frames is not None and padded > self.memory_frames:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected): {padded} frames")
+        self.forwards.append(len(utterances))
+        return self.engine.run_batch(utterances, timings)
+
+
+def noise(seconds: float, seed: int = 0) -> list[Utterance]:
+    samples = np.random.default_rng(seed).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
+    return [Utterance(samples)]
+
+
+class CancelledOnDelivery(Future):
+    """A caller that gives up (client gone, timeout) just as the worker delivers: after its last check."""
+
+    def set_result(self, result: object) -> None:
+        self.cancel()
+        super().set_result(result)
+
+
+def test_a_request_cancelled_during_delivery_leaves_the_worker_serving(
+    tiny_engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = Scheduler(tiny_engine, max_batch_frames=3000)
+    monkeypatch.setattr(scheduler_module, "Future", CancelledOnDelivery)
+    cancelled = scheduler.submit(second_of_silence())
+    monkeypatch.undo()
+    scheduler.start()
+    later = scheduler.submit(second_of_silence())
+    assert len(later.result(timeout=10).segments) == 1
+    assert cancelled.cancelled() and scheduler.healthy and scheduler.pending == 0
+    assert "died" not in caplog.text
+    scheduler.stop()
+
+
+def test_a_dead_worker_fails_what_it_held_and_is_restarted(tiny_engine) -> None:
+    crashes = [WorkerKiller("injected")]
+
+    def crash_once(utterances: Sequence[Utterance]) -> None:
+        if crashes:
+            raise crashes.pop()
+
+    scheduler = Scheduler(FlakyEngine(tiny_engine, before_forward=crash_once), max_batch_frames=3000)
+    held = scheduler.submit(second_of_silence())
+    health_when_failed: list[bool] = []
+    held.add_done_callback(lambda _: health_when_failed.append(scheduler.healthy))  # runs in the worker
+    scheduler.start()
+    with pytest.raises(InferenceWorkerDied, match="WorkerKiller.*restarted"):
+        held.result(timeout=10)
+    assert health_when_failed == [False]
+    assert len(scheduler.submit(second_of_silence()).result(timeout=10).segments) == 1
+    assert scheduler.healthy and scheduler.pending == 0
+    scheduler.stop()
+
+
+def test_stop_finishes_when_the_worker_dies_after_taking_the_stop_marker(tiny_engine) -> None:
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def block_then_crash(utterances: Sequence[Utterance]) -> None:
+        calls.append(len(utterances))
+        if len(calls) == 1:
+            entered.set()
+            release.wait()
+        else:
+            raise WorkerKiller("injected")
+
+    scheduler = Scheduler(FlakyEngine(tiny_engine, before_forward=block_then_crash), max_batch_frames=3000)
+    scheduler.start()
+    first = scheduler.submit(second_of_silence())
+    assert entered.wait(timeout=10)
+    second = scheduler.submit(second_of_silence())  # queued before the stop marker: taken together with it
+    stopper = threading.Thread(target=scheduler.stop)
+    stopper.start()
+    while True:  # stop() has queued its marker once submissions are refused
+        try:
+            scheduler.submit(second_of_silence())
+        except ShuttingDown:
+            break
+    release.set()
+    stopper.join(timeout=10)
+    assert not stopper.is_alive()
+    assert len(first.result(timeout=1).segments) == 1
+    with pytest.raises(InferenceWorkerDied):
+        second.result(timeout=1)
+    assert not scheduler.healthy and scheduler.pending == 0
+
+
+def test_a_failing_batch_report_costs_no_request_its_result(tiny_engine) -> None:
+    def broken_metrics(report: BatchReport) -> None:
+        raise ValueError("metrics bug")
+
+    scheduler = Scheduler(tiny_engine, max_batch_frames=3000, on_batch=broken_metrics)
+    scheduler.start()
+    assert len(scheduler.submit(second_of_silence()).result(timeout=10).segments) == 1
+    assert len(scheduler.submit(second_of_silence()).result(timeout=10).segments) == 1
+    scheduler.stop()
+
+
+def test_a_batch_out_of_memory_is_split_until_it_fits(tiny_engine, caplog: pytest.LogCaptureFixture) -> None:
+    frames = noise(1)[0].frames
+    engine = FlakyEngine(tiny_engine, memory_frames=2 * frames)
+    scheduler = Scheduler(engine, max_batch_frames=3000)
+    requests = [scheduler.submit(noise(1, seed)) for seed in range(5)]  # all waiting: one batch of 5
+    scheduler.start()
+    assert [len(r.result(timeout=30).segments) for r in requests] == [1] * 5
+    scheduler.stop()
+    assert sorted(engine.forwards) == [1, 2, 2]
+    assert scheduler.frame_budget == 5 * frames // 2
+    shrinks = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert shrinks == [f"out of memory on a batch of 5 utterances ({5 * frames} padded frames): "
+                       f"frame budget 3000 -> {5 * frames // 2}"]  # fmt: skip
+
+
+def test_an_utterance_out_of_memory_alone_fails_only_its_request(tiny_engine) -> None:
+    engine = FlakyEngine(tiny_engine, memory_frames=2 * noise(1)[0].frames)
+    scheduler = Scheduler(engine, max_batch_frames=3000)
+    too_long, short = scheduler.submit(noise(3)), scheduler.submit(noise(1))
+    scheduler.start()
+    assert len(short.result(timeout=30).segments) == 1
+    with pytest.raises(DeviceOutOfMemory, match=r"ran out of memory on a 3\.0 s piece of this audio alone"):
+        too_long.result(timeout=30)
+    scheduler.stop()
+
+
+def test_the_frame_budget_recovers_gradually_up_to_the_maximum(tiny_engine) -> None:
+    clip = noise(0.2)
+    frames = clip[0].frames
+    maximum = RECOVERY_STEPS * frames
+    engine = FlakyEngine(tiny_engine, memory_frames=frames)
+    scheduler = Scheduler(engine, max_batch_frames=maximum, max_wait=0)
+    together = [scheduler.submit(clip) for _ in range(2)]
+    scheduler.start()
+    for request in together:
+        request.result(timeout=30)
+    shrunk = scheduler.frame_budget
+    assert shrunk == frames  # half of the two utterances that did not fit
+    engine.memory_frames = None  # the memory is free again
+    budgets = []
+    for _ in range(RECOVERY_BATCHES * RECOVERY_STEPS):
+        scheduler.submit(clip).result(timeout=30)
+        budgets.append(scheduler.frame_budget)
+    scheduler.stop()
+    # One step up every RECOVERY_BATCHES forwards that fit, until the maximum, never beyond it.
+    steps = sorted(set(budgets))
+    assert steps == list(range(shrunk, maximum + 1, maximum // RECOVERY_STEPS))
+    assert [budgets.count(budget) for budget in steps[1:-1]] == [RECOVERY_BATCHES] * (len(steps) - 2)
+    assert budgets[-1] == maximum

@@ -43,6 +43,14 @@ class ShuttingDown(Unavailable):
     """The server is draining before it stops: no new work is admitted."""
 
 
+class InferenceWorkerDied(Unavailable):
+    """The inference worker crashed while it held this request; it has been restarted."""
+
+
+class DeviceOutOfMemory(Unavailable):
+    """One utterance alone did not fit in the device's memory (which other processes may share)."""
+
+
 class InvalidOption(SenseVoiceError):
     """A transcription option has a value we do not support (e.g. an unknown language)."""
 
