@@ -98,8 +98,10 @@ def test_missing_files_are_listed(model_copy: Path) -> None:
 
 
 def test_nonexistent_directory(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="model directory not found"):
+    with pytest.raises(ModelLoadError, match="model directory not found") as error:
         resolve_model(tmp_path / "nope")
+    assert "iic/SenseVoiceSmall" in str(error.value)  # where to get the real one
+    assert "sensevoice make-test-model tiny" in str(error.value)  # and how to make one here
 
 
 @pytest.mark.parametrize("hub_id", ["iic/SenseVoiceSmall", "FunAudioLLM/SenseVoiceSmall"])
@@ -114,4 +116,4 @@ def test_hub_id_offline_fails_at_once_with_advice(
             resolve_model(hub_id)
     except ModuleNotFoundError:  # pragma: no cover - neither hub client importable
         pytest.skip("hub clients not installed")
-    assert hub_id in str(error.value)
+    assert hub_id in str(error.value) and "make-test-model" in str(error.value)

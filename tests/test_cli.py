@@ -62,7 +62,8 @@ def test_a_bad_file_fails_alone(tiny_model_dir: Path, tmp_path: Path, capsys: py
 def test_bad_model_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["transcribe", "--model", str(tmp_path / "missing"), str(shared_audio("jfk.flac"))])
     assert code == 2
-    assert "model directory not found" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "model directory not found" in error and "sensevoice make-test-model tiny" in error
 
 
 def test_environment_settings_apply(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -94,3 +95,39 @@ def test_progress_counts_audio_within_files_and_each_file_once(capsys: pytest.Ca
     progress.done("a", 3600.0)
     assert "1.10 h audio" in progress.bar.postfix
     progress.close()
+
+
+def _transcribe_two(model: Path, output_format: str, capsys: pytest.CaptureFixture) -> str:
+    files = [str(shared_audio("jfk.flac")), str(shared_audio("zh_sample.wav"))]
+    assert main(["transcribe", "--model", str(model), "--format", output_format, *files]) == 0
+    return capsys.readouterr().out
+
+
+def test_several_files_as_json_are_json_lines(tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    lines = _transcribe_two(tiny_model_dir, "json", capsys).splitlines()
+    assert sorted(Path(json.loads(line)["source"]).name for line in lines) == ["jfk.flac", "zh_sample.wav"]
+
+
+def test_several_files_as_vtt_are_one_document(tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    webvtt = pytest.importorskip("webvtt")
+    text = _transcribe_two(tiny_model_dir, "vtt", capsys)
+    assert text.count("WEBVTT") == 1
+    assert sorted(line.rsplit("/", 1)[-1] for line in text.splitlines() if line.startswith("NOTE ")) == [
+        "jfk.flac",
+        "zh_sample.wav",
+    ]
+    assert len(webvtt.from_string(text)) >= 2
+
+
+def test_several_files_as_tsv_and_txt_name_their_file(tiny_model_dir: Path, capsys) -> None:
+    rows = _transcribe_two(tiny_model_dir, "tsv", capsys).splitlines()
+    assert rows[0] == "file\tstart\tend\ttext" and rows.count(rows[0]) == 1
+    assert {Path(row.split("\t")[0]).name for row in rows[1:]} == {"jfk.flac", "zh_sample.wav"}
+    lines = _transcribe_two(tiny_model_dir, "txt", capsys).splitlines()
+    assert sorted(Path(line.split("\t")[0]).name for line in lines) == ["jfk.flac", "zh_sample.wav"]
+
+
+def test_several_files_as_srt_number_cues_on(tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    srt = pytest.importorskip("srt")
+    subtitles = list(srt.parse(_transcribe_two(tiny_model_dir, "srt", capsys)))
+    assert [s.index for s in subtitles] == list(range(1, len(subtitles) + 1)) and len(subtitles) >= 2

@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -85,14 +87,18 @@ def test_rerun_skips_done_files_and_redoes_changed_ones(
     assert paths == {"jfk.flac": 3, "zh_sample.wav": 2}
 
 
-def test_failures_are_recorded_once_and_retried_on_request(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_failures_are_recorded_once_and_retried_on_request(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"this is not an mp3")
     manifest = tmp_path / "results.jsonl"
     command = ["transcribe", "--model", str(tiny_model_dir), "--output", str(manifest), str(bad)]
 
     assert main(command) == 1
+    capsys.readouterr()
     assert main(command) == 1  # still a failure for the exit code, but not recorded twice
+    assert "1 recorded failure(s)" in capsys.readouterr().err  # says why the rerun fails
     (record,) = records(manifest)
     assert record["path"] == str(bad) and "not a recognised audio" in record["error"]
 
@@ -153,5 +159,77 @@ def test_a_run_killed_mid_way_resumes_and_ends_with_every_file_once(
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1
-    assert f"{len(expected)} file(s) already in" in again.stderr
+    assert f"{len(expected) - 2} file(s) already in" in again.stderr
+    assert "2 recorded failure(s)" in again.stderr and "not retried (use --retry-failed)" in again.stderr
     assert len(records(manifest)) == len(expected)
+
+
+def test_new_weights_in_the_same_directory_redo_every_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    manifest = tmp_path / "results.jsonl"
+    command = ["transcribe", "--model", str(model), "--output", str(manifest), str(shared_audio("jfk.flac"))]
+    assert main(command) == 0
+    assert main(command) == 0
+    assert len(records(manifest)) == 1
+
+    weights = model / "model.pt"
+    weights.write_bytes(weights.read_bytes())  # replaced in place: same path, new modification time
+    assert main(command) == 0
+    assert len(records(manifest)) == 2
+
+
+def test_reading_a_big_manifest_costs_one_line_of_memory(tmp_path: Path) -> None:
+    """20 MB of long transcripts: the old reader held the whole file and parsed every token."""
+    manifest = tmp_path / "results.jsonl"
+    tokens = [{"id": i, "text": "\u2581word", "start": i * 0.06, "end": i * 0.06 + 0.05} for i in range(2000)]
+    line = json.dumps({"key": "", "path": "x.wav", "segments": [{"tokens": tokens}]}) + "\n"
+    with manifest.open("w") as handle:
+        for index in range(20 * 2**20 // len(line)):
+            handle.write(line.replace('"key": ""', f'"key": "{index:032x}"', 1))
+        handle.write(json.dumps({"key": "f" * 32, "path": "y.wav", "error": "not audio"}) + "\n")
+    tracemalloc.start()
+    try:
+        done = read_done(manifest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(done.succeeded) == 20 * 2**20 // len(line) and done.failed == {"f" * 32}
+    assert peak < 2 * 2**20, f"peak {peak / 2**20:.1f} MB reading a 20 MB manifest"
+
+
+def test_a_quoted_error_in_a_transcript_is_not_a_failure(tmp_path: Path) -> None:
+    manifest = tmp_path / "results.jsonl"
+    with ManifestWriter(manifest) as writer:
+        writer.append({"key": "a1", "path": "a.wav", "text": 'he said "error": twice', "warnings": []})
+        writer.append({"key": "b2", "path": "b.wav", "error": "not audio"})
+    done = read_done(manifest)
+    assert (done.succeeded, done.failed) == ({"a1"}, {"b2"})
+
+
+def test_creating_the_manifest_makes_its_directory_entry_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[bool] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)) or real_fsync(fd)
+    )
+    with ManifestWriter(tmp_path / "new" / "results.jsonl") as writer:
+        assert synced == [True]
+        writer.append({"key": "a"})
+    assert synced == [True, False]
+    synced.clear()
+    with ManifestWriter(tmp_path / "new" / "results.jsonl"):
+        assert synced == []  # appending to an existing file needs no directory sync
+
+
+def test_output_dir_is_honoured_with_the_results_file(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    manifest, out = tmp_path / "results.jsonl", tmp_path / "out"
+    source = str(shared_audio("jfk.flac"))
+    base = ["transcribe", "--model", str(tiny_model_dir), "--output", str(manifest), source]
+    assert main([*base, "--format", "srt"]) == 2  # nowhere to put srt: says so instead of dropping it
+    assert "--output-dir" in capsys.readouterr().err and not manifest.exists()
+    assert main([*base, "--format", "srt", "--output-dir", str(out)]) == 0
+    assert len(records(manifest)) == 1
+    assert [p.name for p in out.iterdir()] == ["jfk.srt"]

@@ -25,6 +25,14 @@ CMVN_FILENAME = "am.mvn"
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"
 REQUIRED_FILES = (CONFIG_FILENAME, WEIGHTS_FILENAME, CMVN_FILENAME, TOKENIZER_FILENAME)
 
+MAKE_A_TEST_MODEL = (
+    "make a RANDOM-weight test model (meaningless text, real speed): "
+    "sensevoice make-test-model tiny models/random-tiny"
+)
+GET_A_MODEL = (
+    "download the real one (ModelScope iic/SenseVoiceSmall or Hugging Face FunAudioLLM/SenseVoiceSmall) "
+    f"and pass its directory, or {MAKE_A_TEST_MODEL}"
+)
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Which hub serves which id; the owner name tells them apart.
 MODELSCOPE_OWNERS = {"iic", "damo"}
@@ -54,6 +62,11 @@ class ModelFiles:
         return FrontendConfig.from_model_config(self.config.get("frontend_conf") or {})
 
     @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every file the model is made of."""
+        return (self.directory / CONFIG_FILENAME, self.weights, self.cmvn, self.tokenizer)
+
+    @property
     def random_weights(self) -> bool:
         return (self.directory / RANDOM_WEIGHTS_MARKER).exists()
 
@@ -66,7 +79,7 @@ def resolve_model(path_or_hub_id: str | os.PathLike) -> ModelFiles:
     elif isinstance(path_or_hub_id, str) and HUB_ID_PATTERN.match(path_or_hub_id) and not local.exists():
         directory = download_from_hub(path_or_hub_id)
     else:
-        raise ModelLoadError(f"model directory not found: {local}")
+        raise ModelLoadError(f"model directory not found: {local}; {GET_A_MODEL}")
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if missing:
         raise ModelLoadError(
@@ -91,7 +104,7 @@ def download_from_hub(hub_id: str) -> Path:
     hub = "modelscope" if hub_id.split("/")[0] in MODELSCOPE_OWNERS else "huggingface"
     advice = (
         f"download {hub_id} on a machine that is online and pass its directory with --model DIR "
-        "(or SenseVoice.from_pretrained('/path/to/SenseVoiceSmall'))"
+        f"(or SenseVoice.from_pretrained('/path/to/SenseVoiceSmall')), or {MAKE_A_TEST_MODEL}"
     )
     try:
         if hub == "modelscope":

@@ -10,11 +10,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from .errors import SenseVoiceError
 from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .checkpoint import ModelFiles
+    from .manifest import ResumePlan
+    from .sinks import Sink
+    from .tuning import TunedSettings
 
 AUDIO_SUFFIXES = {
     ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".webm", ".mp4", ".mkv", ".mov",
@@ -39,15 +46,6 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
         else:
             found.append(path)
     return found
-
-
-def _output_path(source: Path, output_dir: Path, output_format: str, used: set[Path]) -> Path:
-    """``DIR/stem.fmt``; inputs that share a stem (a.wav, a.mp3) get the full file name instead."""
-    target = output_dir / f"{source.stem}.{output_format}"
-    if target in used:
-        target = output_dir / f"{source.name}.{output_format}"
-    used.add(target)
-    return target
 
 
 class _Progress:
@@ -95,21 +93,48 @@ class _Progress:
 
 
 def run_transcribe(files: list[Path], settings: Settings) -> int:
-    import torch
-
-    from .decoding import DecodeOptions
-    from .longform import SegmentationOptions, transcribe_sources
-    from .manifest import ManifestWriter, file_key, read_done
-    from .pipeline import SenseVoice
-    from .writers import WRITERS
+    """Transcribe ``files`` into the outputs ``settings`` ask for; the exit code."""
+    from .checkpoint import resolve_model
 
     if not files:
         print("error: no audio files found", file=sys.stderr)
         return EXIT_USAGE
-    decode_options = DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk)
-    segmentation = SegmentationOptions(settings.vad, settings.max_segment_seconds, settings.split_channels)
+    if conflict := _output_conflict(settings):
+        print(f"error: {conflict}", file=sys.stderr)
+        return EXIT_USAGE
+    tuned = settings.tuned()
+    model_files = resolve_model(settings.model)  # a hub id is downloaded once, here
+    failures = 0
+    keys: dict[Path, str] = {}
+    if settings.output:
+        plan = _plan_bulk_run(files, settings, model_files, tuned.dtype)
+        failures = len(plan.unreadable) + plan.not_retried
+        files, keys = plan.todo, plan.keys
+    if files:
+        failures += _transcribe_files(files, settings, tuned, model_files.directory, keys)
+    return EXIT_FILE_ERRORS if failures else EXIT_OK
+
+
+def _output_conflict(settings: Settings) -> str | None:
+    """Why the output flags cannot all be honoured, if they cannot."""
+    explicit_format = "output_format" in settings.model_fields_set and settings.output_format != "json"
+    if settings.output and explicit_format and not settings.output_dir:
+        return (
+            f"--format {settings.output_format} has nowhere to go: --output writes JSON Lines only; "
+            f"add --output-dir DIR to also write {settings.output_format} files"
+        )
+    return None
+
+
+def _plan_bulk_run(files: list[Path], settings: Settings, model_files: ModelFiles, dtype: str) -> ResumePlan:
+    """The files a bulk run still has to do; says what it leaves out, and why."""
+    from .device import DTYPES
+    from .manifest import file_identity, plan_resume
+
+    manifest = Path(settings.output)
     output_options = {
-        "model": settings.model,
+        "model": [file_identity(path) for path in model_files.paths],  # new weights: every file again
+        "dtype": str(DTYPES.get(dtype, dtype)),
         "language": settings.language,
         "use_itn": settings.use_itn,
         "ban_emo_unk": settings.ban_emo_unk,
@@ -117,81 +142,77 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
         "max_segment_seconds": settings.max_segment_seconds,
         "split_channels": settings.split_channels,
     }
-    manifest = Path(settings.output) if settings.output else None
-    keys: dict[Path, str] = {}
-    failures = 0
-    if manifest is not None:
-        done = read_done(manifest)
-        todo = []
-        queued: set[str] = set()
-        for path in files:
-            try:
-                keys[path] = file_key(path, output_options)
-            except OSError as error:
-                print(f"error: {path}: {error.strerror}", file=sys.stderr)
-                failures += 1
-                continue
-            if keys[path] in done.succeeded or keys[path] in queued:  # listed twice: one record
-                continue
-            if keys[path] in done.failed and not settings.retry_failed:
-                failures += 1
-                continue
-            todo.append(path)
-            queued.add(keys[path])
-        skipped = len(files) - len(todo)
-        if skipped:
-            print(f"{skipped} file(s) already in {manifest}: skipped", file=sys.stderr)
-        files = todo
+    plan = plan_resume(files, manifest, output_options, settings.retry_failed)
+    for path, reason in plan.unreadable:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    if plan.already_done:
+        print(f"{plan.already_done} file(s) already in {manifest}: skipped", file=sys.stderr)
+    if plan.not_retried:
+        print(
+            f"{plan.not_retried} recorded failure(s) in {manifest} not retried (use --retry-failed)",
+            file=sys.stderr,
+        )
+    return plan
 
-    tuned = settings.tuned()
+
+def _open_sinks(settings: Settings, keys: dict[Path, str], several: bool) -> list[Sink]:
+    from .sinks import DirectorySink, ManifestSink, StdoutSink
+
+    sinks = []
+    if settings.output:
+        sinks.append(ManifestSink(Path(settings.output), keys))
+    if settings.output_dir:
+        sinks.append(DirectorySink(Path(settings.output_dir), settings.output_format))
+    if not sinks:
+        sinks.append(StdoutSink(settings.output_format, several))
+    return sinks
+
+
+def _transcribe_files(
+    files: list[Path], settings: Settings, tuned: TunedSettings, model_dir: Path, keys: dict[Path, str]
+) -> int:
+    """Transcribe into the sinks the settings ask for; the number of files that failed."""
+    import torch
+
+    from .decoding import DecodeOptions
+    from .longform import SegmentationOptions, transcribe_sources
+    from .pipeline import SenseVoice
+
     torch.set_num_threads(tuned.torch_threads)
-    engine = SenseVoice.from_pretrained(settings.model, device=tuned.device, dtype=tuned.dtype)
-    write = WRITERS[settings.output_format]
-    output_dir = Path(settings.output_dir) if settings.output_dir else None
-    if output_dir:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    used: set[Path] = set()
+    engine = SenseVoice.from_pretrained(model_dir, device=tuned.device, dtype=tuned.dtype)
     progress = _Progress(len(files))
-    records = ManifestWriter(manifest) if manifest is not None else None
+    sinks = _open_sinks(settings, keys, several=len(files) > 1)
     outcomes = transcribe_sources(
         engine,
         enumerate(files),
-        decode_options,
-        segmentation,
+        DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk),
+        SegmentationOptions(settings.vad, settings.max_segment_seconds, settings.split_channels),
         max_batch_frames=tuned.max_batch_frames,
         batch_size=settings.batch_size,
         on_progress=progress.advance,
     )
+    failures = 0
     try:
         for outcome in outcomes:
             path = files[outcome.key]
             if outcome.error is not None:
                 failures += 1
                 progress.write(f"error: {path}: {outcome.error}")
-                if records is not None:
-                    records.append({"key": keys[path], "path": str(path), "error": str(outcome.error)})
+                for sink in sinks:
+                    sink.fail(path, str(outcome.error))
                 progress.done(outcome.key)
                 continue
-            result = outcome.result
-            for warning in result.warnings:
+            for warning in outcome.result.warnings:
                 progress.write(f"warning: {path}: {warning}")
-            if records is not None:
-                records.append({"key": keys[path], "path": str(path), **result.to_dict()})
-            elif output_dir:
-                text = write(result)
-                _output_path(path, output_dir, settings.output_format, used).write_text(
-                    text, encoding="utf-8"
-                )
-            else:
-                sys.stdout.write(write(result))
-                sys.stdout.flush()
-            progress.done(outcome.key, result.duration)
+            for sink in sinks:
+                sink.write(path, outcome.result)
+            progress.done(outcome.key, outcome.result.duration)
     finally:
         outcomes.close()  # after an error here (a full disk) the decoding thread stops too
         progress.close()
-        if records is not None:
-            records.close()
-    return EXIT_FILE_ERRORS if failures else EXIT_OK
+        for sink in sinks:
+            sink.close()
+    return failures
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
