@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from sensevoice_serve.audio import SAMPLE_RATE, decode_audio
-from sensevoice_serve.bench import (
+from sensevoice_serve.bench.material import (
     default_cache_dir,
     random_full_checkpoint,
     shared_speech_dir,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from sensevoice_serve.bench import percentile
+from sensevoice_serve.bench.drive import percentile
 
 SHARED_AUDIO = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 ENDPOINTS = {"native": ("/v1/transcribe", "files"), "openai": ("/v1/audio/transcriptions", "file")}

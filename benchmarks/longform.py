@@ -29,7 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from sensevoice_serve.audio import SAMPLE_RATE
-from sensevoice_serve.bench import (
+from sensevoice_serve.bench.material import (
     decodable_recordings,
     default_cache_dir,
     encode_mp3,
