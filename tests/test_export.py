@@ -11,7 +11,7 @@ import torch
 
 from sensevoice_serve.audio import SAMPLE_RATE, decode_audio
 from sensevoice_serve.decoding import collapse, ctc_argmax, frame_time
-from sensevoice_serve.model import LANGUAGE_QUERY, TEXTNORM_QUERY
+from sensevoice_serve.model import language_row, textnorm_row
 
 from .conftest import shared_audio
 
@@ -48,10 +48,10 @@ def test_metadata_tokens_and_signature_are_what_sherpa_reads(exported, tiny_engi
         assert metadata["blank_id"] == "0"
         assert "Nano" not in metadata["comment"]  # would switch sherpa-onnx to another model family
         for name in ("auto", "zh", "en", "yue", "ja", "ko"):
-            assert metadata[f"lang_{name}"] == str(LANGUAGE_QUERY[name])
+            assert metadata[f"lang_{name}"] == str(language_row(name))
         assert (metadata["with_itn"], metadata["without_itn"]) == (
-            str(TEXTNORM_QUERY["withitn"]),
-            str(TEXTNORM_QUERY["woitn"]),
+            str(textnorm_row(True)),
+            str(textnorm_row(False)),
         )
         shift, scale = load_cmvn(tiny_engine.files.cmvn)
         np.testing.assert_allclose([float(v) for v in metadata["neg_mean"].split(",")], shift.numpy())
@@ -86,8 +86,8 @@ def test_onnx_logits_match_the_model_on_a_padded_batch(exported, tiny_engine) ->
         {
             "x": features.numpy(),
             "x_length": lengths.numpy().astype(np.int32),
-            "language": np.array([LANGUAGE_QUERY[lang] for lang in languages], dtype=np.int32),
-            "text_norm": np.array([TEXTNORM_QUERY["withitn" if i else "woitn"] for i in itn], dtype=np.int32),
+            "language": np.array([language_row(language) for language in languages], dtype=np.int32),
+            "text_norm": np.array([textnorm_row(use_itn) for use_itn in itn], dtype=np.int32),
         },
     )
     assert logits.shape == expected.shape

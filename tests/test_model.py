@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sensevoice_serve.checkpoint import load_state_dict, model_dimensions, resolve_model
-from sensevoice_serve.model import SenseVoiceSmall, sinusoidal_positions
+from sensevoice_serve.model import SenseVoiceSmall, query_rows, sinusoidal_positions
 
 
 def _ours(model_dir: Path) -> SenseVoiceSmall:
@@ -30,14 +30,17 @@ def _reference(model_dir: Path):
 
 
 def _reference_log_probs(
-    reference, features: torch.Tensor, lengths: torch.Tensor, language: int, textnorm: int
+    reference, features: torch.Tensor, lengths: torch.Tensor, language: str, use_itn: bool
 ):
-    """The reference's own query assembly (copied call order from its inference())."""
+    """The reference's encoder and CTC head over the four queries, with its own language and text-norm rows.
+
+    The queries are put in order by ``query_rows``, as our model does: that this is the order the reference
+    runs them in is checked end to end against funasr's own inference in test_parity_e2e.
+    """
     batch = features.shape[0]
-    language_query = reference.embed(torch.tensor([[language]])).repeat(batch, 1, 1)
-    textnorm_query = reference.embed(torch.tensor([[textnorm]])).repeat(batch, 1, 1)
-    event_emotion_query = reference.embed(torch.tensor([[1, 2]])).repeat(batch, 1, 1)
-    speech = torch.cat([language_query, event_emotion_query, textnorm_query, features], dim=1)
+    language_rows = torch.full((batch,), reference.lid_dict[language])
+    textnorm_rows = torch.full((batch,), reference.textnorm_dict["withitn" if use_itn else "woitn"])
+    speech = torch.cat([reference.embed(query_rows(language_rows, textnorm_rows)), features], dim=1)
     encoded, encoded_lengths = reference.encoder(speech, lengths + 4)
     return reference.ctc.log_softmax(encoded), encoded_lengths
 
@@ -50,17 +53,11 @@ def _compare(model_dir: Path, frames: list[int]) -> float:
     worst = 0.0
     with torch.no_grad():
         for language, use_itn in (("auto", True), ("en", False), ("zh", True)):
-            from sensevoice_serve.model import LANGUAGE_QUERY, TEXTNORM_QUERY
-
             mine, mine_lengths = ours(
                 features.clone(), lengths, [language] * len(frames), [use_itn] * len(frames)
             )
             theirs, their_lengths = _reference_log_probs(
-                reference,
-                features.clone(),
-                lengths.clone(),
-                LANGUAGE_QUERY[language],
-                TEXTNORM_QUERY["withitn" if use_itn else "woitn"],
+                reference, features.clone(), lengths.clone(), language, use_itn
             )
             assert mine_lengths.tolist() == their_lengths.tolist()
             for i, n in enumerate(mine_lengths.tolist()):

@@ -51,30 +51,16 @@ def sherpa_graph(model: SenseVoiceSmall) -> nn.Module:
     import torch
     from torch import nn
 
-    from .model import EMOTION_QUERY, EVENT_QUERY, NUM_QUERY_FRAMES
-
     class SherpaSenseVoiceGraph(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
-            self.register_buffer("event_emotion_rows", torch.tensor([EVENT_QUERY, EMOTION_QUERY]))
 
         def forward(
             self, x: torch.Tensor, x_length: torch.Tensor, language: torch.Tensor, text_norm: torch.Tensor
         ) -> torch.Tensor:
-            embed = self.model.embed
-            queries = torch.cat(
-                [
-                    embed(language.long()).unsqueeze(1),
-                    embed(self.event_emotion_rows).unsqueeze(0).expand(x.shape[0], -1, -1),
-                    embed(text_norm.long()).unsqueeze(1),
-                ],
-                dim=1,
-            )
-            frames = torch.cat([queries, x], dim=1)
-            lengths = x_length.long() + NUM_QUERY_FRAMES
-            valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < lengths[:, None]
-            return self.model.ctc.logits(self.model.encoder(frames, valid))
+            encoded, _ = self.model.encode_rows(x, x_length.long(), language.long(), text_norm.long())
+            return self.model.ctc.logits(encoded)
 
     return SherpaSenseVoiceGraph().eval()
 
@@ -89,7 +75,7 @@ class ExportedModel:
 
 def sherpa_metadata(tokenizer: Tokenizer, cmvn_path: Path, lfr_m: int, lfr_n: int, random: bool) -> dict:
     from .features import load_cmvn
-    from .model import LANGUAGE_QUERY, TEXTNORM_QUERY
+    from .model import language_row, textnorm_row
 
     shift, scale = load_cmvn(cmvn_path)
     return {
@@ -104,9 +90,9 @@ def sherpa_metadata(tokenizer: Tokenizer, cmvn_path: Path, lfr_m: int, lfr_n: in
         "normalize_samples": 0,
         "neg_mean": ",".join(repr(float(v)) for v in shift.tolist()),
         "inv_stddev": ",".join(repr(float(v)) for v in scale.tolist()),
-        **{f"lang_{name}": LANGUAGE_QUERY[name] for name in SHERPA_LANGUAGES},
-        "with_itn": TEXTNORM_QUERY["withitn"],
-        "without_itn": TEXTNORM_QUERY["woitn"],
+        **{f"lang_{name}": language_row(name) for name in SHERPA_LANGUAGES},
+        "with_itn": textnorm_row(True),
+        "without_itn": textnorm_row(False),
     }
 
 
@@ -127,7 +113,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     import torch
 
     from .checkpoint import load_model, resolve_model
-    from .model import LANGUAGE_QUERY, TEXTNORM_QUERY
+    from .model import language_row, textnorm_row
     from .tokenizer import Tokenizer
 
     files = resolve_model(model_dir)
@@ -143,8 +129,8 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     example = (
         torch.randn(2, 100, files.frontend.feature_dim),
         torch.tensor([80, 100], dtype=torch.int32),
-        torch.tensor([LANGUAGE_QUERY["auto"], LANGUAGE_QUERY["zh"]], dtype=torch.int32),
-        torch.tensor([TEXTNORM_QUERY["withitn"], TEXTNORM_QUERY["woitn"]], dtype=torch.int32),
+        torch.tensor([language_row("auto"), language_row("zh")], dtype=torch.int32),
+        torch.tensor([textnorm_row(True), textnorm_row(False)], dtype=torch.int32),
     )
     dynamic_axes = {name: {0: "N"} for name in INPUT_NAMES}
     dynamic_axes["x"] = {0: "N", 1: "T"}

@@ -23,6 +23,27 @@ NUM_QUERY_EMBEDDINGS = 16
 NUM_QUERY_FRAMES = 4  # language, event, emotion, text-norm: prepended to every utterance
 
 
+def language_row(language: str) -> int:
+    """The query embedding row of a language choice ("auto", "zh", ...)."""
+    return LANGUAGE_QUERY[language]
+
+
+def textnorm_row(use_itn: bool) -> int:
+    """The query embedding row asking for text with (or without) inverse text normalisation."""
+    return TEXTNORM_QUERY["withitn" if use_itn else "woitn"]
+
+
+def query_rows(language_rows: torch.Tensor, textnorm_rows: torch.Tensor) -> torch.Tensor:
+    """(B, 4) embedding rows in the order the model was trained on: language, event, emotion, text-norm.
+
+    The one place the four queries are put together: the model, its ONNX export and the parity tests
+    all call it. Every row is built from the (B,) inputs, so a traced graph keeps the batch dynamic.
+    """
+    event_rows = torch.full_like(language_rows, EVENT_QUERY)
+    emotion_rows = torch.full_like(language_rows, EMOTION_QUERY)
+    return torch.stack([language_rows, event_rows, emotion_rows, textnorm_rows], dim=1)
+
+
 @dataclass(frozen=True)
 class ModelDimensions:
     input_size: int = 560  # n_mels * lfr_m
@@ -186,16 +207,6 @@ class SenseVoiceSmall(nn.Module):
         self.encoder = SenseVoiceEncoder(dims)
         self.ctc = CTCHead(dims.output_size, dims.vocab_size)
 
-    def query_rows(
-        self, languages: Sequence[str], use_itn: Sequence[bool], device: torch.device
-    ) -> torch.Tensor:
-        """(B, 4) embedding rows: language, event, emotion, text-norm, one row of queries per utterance."""
-        rows = [
-            [LANGUAGE_QUERY[lang], EVENT_QUERY, EMOTION_QUERY, TEXTNORM_QUERY["withitn" if itn else "woitn"]]
-            for lang, itn in zip(languages, use_itn, strict=True)
-        ]
-        return torch.tensor(rows, device=device)
-
     def encode(
         self, features: torch.Tensor, lengths: torch.Tensor, languages: Sequence[str], use_itn: Sequence[bool]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +215,21 @@ class SenseVoiceSmall(nn.Module):
         Output frames 0..3 answer the four queries; frame 4 + i is feature frame i. Each utterance has its
         own language and text-norm query, so mixed requests share one batch.
         """
-        queries = self.embed(self.query_rows(languages, use_itn, features.device))
+        language_rows = torch.tensor(
+            [language_row(language) for language in languages], device=features.device
+        )
+        textnorm_rows = torch.tensor([textnorm_row(itn) for itn in use_itn], device=features.device)
+        return self.encode_rows(features, lengths, language_rows, textnorm_rows)
+
+    def encode_rows(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        language_rows: torch.Tensor,
+        textnorm_rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` with the language and text-norm queries as embedding rows (B,), as ONNX takes them."""
+        queries = self.embed(query_rows(language_rows, textnorm_rows))
         x = torch.cat([queries, features.to(queries.dtype)], dim=1)
         lengths = lengths.to(features.device) + NUM_QUERY_FRAMES
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
