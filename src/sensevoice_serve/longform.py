@@ -1,182 +1,29 @@
-"""Long audio: a file becomes a stream of bounded utterances (VAD segments) without holding the whole file.
+"""Many inputs, long ones included, transcribed with decoding overlapping inference.
 
-Audio is decoded in windows; each window feeds the VAD, and a segment's samples are cut from a buffer that
-only reaches back to the earliest sample a segment may still start at. So a 2-hour file needs about as much
-memory as a 10-minute one. Files no longer than the segment cap are one utterance, exactly as the reference
-runs them; ``vad="on"`` segments them anyway, ``vad="off"`` cuts long files at fixed lengths instead.
+A background thread opens each input and segments it (``segmentation``: PyAV and the VAD) while the caller's
+thread runs the model on batches that mix the segments of different files; a file's result is assembled as
+soon as its last segment is back. Memory stays bounded by the queue between the two threads.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Protocol
 
-import numpy as np
-
-from .audio import SAMPLE_RATE, AudioInput, AudioStream, _label
+from .audio import AudioInput, AudioStream, _label
 from .batching import Utterance
 from .decoding import FRAME_SECONDS, DecodeOptions
-from .errors import InvalidOption, SenseVoiceError
+from .errors import AudioDecodeError, SenseVoiceError
 from .results import Segment, Transcription
-from .vad import SpeechSpan, VadOptions, VoiceActivityDetector
+from .segmentation import ChannelUtterance, SegmentationOptions, default_detector, stream_utterances
 
-if TYPE_CHECKING:
-    from .pipeline import SenseVoice
-
-VadMode = Literal["auto", "on", "off"]
-STREAM_WINDOW_SECONDS = 30.0
+logger = logging.getLogger(__name__)
 STOP_WAIT_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class SegmentationOptions:
-    vad: VadMode = "auto"
-    max_segment_seconds: float = 30.0
-    split_channels: bool = False
-
-    def __post_init__(self) -> None:
-        if self.vad not in ("auto", "on", "off"):
-            raise InvalidOption(f"vad must be auto, on or off, not {self.vad!r}")
-        if not 1.0 <= self.max_segment_seconds <= 600.0:
-            raise InvalidOption("max segment length must be between 1 and 600 seconds")
-
-
-@dataclass
-class ChannelUtterance:
-    """An utterance of one file, with the channel it came from (None unless channels are split)."""
-
-    utterance: Utterance
-    channel: int | None
-
-
-class _SampleBuffer:
-    """Consecutive samples of one channel from absolute index ``start`` on; the front can be released."""
-
-    def __init__(self) -> None:
-        self.start = 0
-        self._pieces: list[np.ndarray] = []
-        self._length = 0
-
-    @property
-    def end(self) -> int:
-        return self.start + self._length
-
-    def append(self, samples: np.ndarray) -> None:
-        self._pieces.append(samples)
-        self._length += len(samples)
-
-    def cut(self, begin: int, end: int) -> np.ndarray:
-        joined = np.concatenate(self._pieces) if len(self._pieces) != 1 else self._pieces[0]
-        self._pieces = [joined]
-        return joined[begin - self.start : end - self.start].copy()
-
-    def release_before(self, index: int) -> None:
-        drop = min(max(index - self.start, 0), self._length)
-        if drop == 0:
-            return
-        joined = np.concatenate(self._pieces)[drop:]
-        self._pieces = [joined] if len(joined) else []
-        self._length -= drop
-        self.start += drop
-
-
-class _ChannelSegmenter:
-    """Turns one channel's consecutive sample windows into utterances, per the segmentation options."""
-
-    def __init__(
-        self,
-        options: SegmentationOptions,
-        decode_options: DecodeOptions,
-        detector: VoiceActivityDetector | None,
-    ):
-        self.options = options
-        self.decode_options = decode_options
-        self.cap = int(options.max_segment_seconds * SAMPLE_RATE)
-        self.buffer = _SampleBuffer()
-        self.detector = detector
-        self.segmenter = None
-        # "auto" waits to see whether the file outgrows the cap before it starts the VAD.
-        self.use_vad = options.vad == "on"
-        if self.use_vad:
-            self._start_vad()
-
-    def _start_vad(self) -> None:
-        if self.detector is None:
-            raise InvalidOption("VAD segmentation needs a voice activity detector")
-        self.segmenter = self.detector.stream()
-        self.use_vad = True
-
-    def feed(self, samples: np.ndarray) -> list[Utterance]:
-        self.buffer.append(samples)
-        if self.options.vad == "off":
-            return self._fixed_windows(final=False)
-        if not self.use_vad:
-            if self.buffer.end <= self.cap:
-                return []
-            self._start_vad()
-            return self._spans(self.segmenter.feed(self.buffer.cut(self.buffer.start, self.buffer.end)))
-        return self._spans(self.segmenter.feed(samples))
-
-    def flush(self) -> list[Utterance]:
-        if self.options.vad == "off":
-            return self._fixed_windows(final=True)
-        if not self.use_vad:
-            if self.buffer.end == 0:
-                return []
-            return [self._utterance(self.buffer.start, self.buffer.end)]
-        return self._spans(self.segmenter.flush())
-
-    def _spans(self, spans: list[SpeechSpan]) -> list[Utterance]:
-        utterances = [self._utterance(span.start, span.end) for span in spans]
-        self.buffer.release_before(self.segmenter.earliest_pending_sample)
-        return utterances
-
-    def _fixed_windows(self, final: bool) -> list[Utterance]:
-        utterances = []
-        while self.buffer.end - self.buffer.start >= self.cap or (
-            final and self.buffer.end > self.buffer.start
-        ):
-            end = min(self.buffer.start + self.cap, self.buffer.end)
-            utterances.append(self._utterance(self.buffer.start, end))
-            self.buffer.release_before(end)
-        return utterances
-
-    def _utterance(self, start: int, end: int) -> Utterance:
-        return Utterance(self.buffer.cut(start, end), self.decode_options, offset=start / SAMPLE_RATE)
-
-
-def stream_utterances(
-    source: AudioInput,
-    decode_options: DecodeOptions,
-    options: SegmentationOptions,
-    detector: VoiceActivityDetector | None,
-    max_duration: float | None = None,
-) -> tuple[AudioStream, Iterator[ChannelUtterance]]:
-    """The decoding stream (for its duration and warnings once consumed) and the file's utterances."""
-    stream = AudioStream(
-        source,
-        max_duration=max_duration,
-        keep_channels=options.split_channels,
-        window_seconds=STREAM_WINDOW_SECONDS,
-    )
-
-    def generate() -> Iterator[ChannelUtterance]:
-        segmenters: list[_ChannelSegmenter] = []
-        for channels in stream:
-            if not segmenters:
-                segmenters = [_ChannelSegmenter(options, decode_options, detector) for _ in channels]
-            for index, (segmenter, samples) in enumerate(zip(segmenters, channels, strict=True)):
-                label = index if options.split_channels else None
-                yield from (ChannelUtterance(u, label) for u in segmenter.feed(samples))
-        for index, segmenter in enumerate(segmenters):
-            label = index if options.split_channels else None
-            yield from (ChannelUtterance(u, label) for u in segmenter.flush())
-
-    return stream, generate()
 
 
 def assemble(source: str, duration: float, warnings: list[str], segments: list[Segment]) -> Transcription:
@@ -185,12 +32,6 @@ def assemble(source: str, duration: float, warnings: list[str], segments: list[S
     return Transcription(
         source=source, duration=round(duration, 3), segments=ordered, warnings=list(warnings)
     )
-
-
-def default_detector(options: SegmentationOptions) -> VoiceActivityDetector | None:
-    if options.vad == "off":
-        return None
-    return VoiceActivityDetector(VadOptions(max_segment_seconds=options.max_segment_seconds))
 
 
 @dataclass
@@ -203,22 +44,20 @@ class FileOutcome:
     error: SenseVoiceError | None = None
 
 
-@dataclass
-class _FileState:
-    source: str
-    segments: list[Segment] = field(default_factory=list)
-    outstanding: int = 0
-    decoded: bool = False
-    duration: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    failed: bool = False
+class UtteranceRunner(Protocol):
+    """The model as ``transcribe_sources`` needs it; ``pipeline.SenseVoice`` is one.
 
+    pipeline imports this module and hands itself in, never the reverse: inputs flow from here into the
+    model through this one call, and its segments come back.
+    """
 
-_END = object()
+    def run_utterances(
+        self, utterances: Sequence[Utterance], max_batch_frames: int, max_batch_size: int | None
+    ) -> list[Segment]: ...
 
 
 def transcribe_sources(
-    engine: SenseVoice,
+    runner: UtteranceRunner,
     sources: Iterable[tuple[object, AudioInput]],
     decode_options: DecodeOptions,
     options: SegmentationOptions,
@@ -232,121 +71,256 @@ def transcribe_sources(
 
     A background thread decodes and segments (PyAV and the VAD) while this thread runs the model, so decoding
     overlaps inference; the queue between them is bounded, and so is memory. Segments of different files
-    share batches. An input that fails to decode yields its error; the others go on. ``on_progress(key,
-    seconds)`` is told after each batch how far into an input transcription has reached, so a caller can
-    show progress within a long file.
+    share batches. An input that fails to decode or segment, whatever the exception, yields its error; the
+    others go on. Keys must be unique; an error of ``sources`` itself ends the run in the caller's thread.
+    ``on_progress(key, seconds)`` is told after each batch how far into an input transcription has reached,
+    so a caller can show progress within a long file.
     """
     detector = default_detector(options)
+
+    def open_input(source: AudioInput) -> tuple[AudioStream, Iterator[ChannelUtterance]]:
+        return stream_utterances(source, decode_options, options, detector, max_duration)
+
     # Bounds decoded-but-unprocessed audio at about two batches of full-length segments.
     segment_frames = int(options.max_segment_seconds / FRAME_SECONDS)
-    handoff: queue.Queue = queue.Queue(maxsize=max(8, 2 * max_batch_frames // segment_frames))
-    stop = threading.Event()
-
-    def hand_over(item: object) -> None:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
-
-    def produce() -> None:
-        seen: set[object] = set()
-        try:
-            for key, source in sources:
-                if key in seen:
-                    raise ValueError(f"input key {key!r} given twice")
-                seen.add(key)
-                try:
-                    stream, utterances = stream_utterances(
-                        source, decode_options, options, detector, max_duration
-                    )
-                    hand_over(("start", key, stream.source))
-                    for item in utterances:
-                        hand_over(("utterance", key, item))
-                    hand_over(("decoded", key, stream))
-                except SenseVoiceError as error:
-                    hand_over(("error", key, (_label(source), error)))
-        except _Stopped:
-            return
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-            last: object = ("crash", None, error)
-        else:
-            last = _END
-        with suppress(_Stopped):
-            hand_over(last)
-
-    producer = threading.Thread(target=produce, name="decode-and-segment", daemon=True)
+    handoff = _Handoff(maxsize=max(8, 2 * max_batch_frames // segment_frames))
+    producer = threading.Thread(
+        target=_produce, args=(sources, open_input, handoff), name="decode-and-segment", daemon=True
+    )
     producer.start()
     try:
-        yield from _run_handed_over(engine, handoff, max_batch_frames, batch_size, on_progress)
+        yield from _consume(runner, handoff, max_batch_frames, batch_size, on_progress)
     finally:
-        stop.set()
+        handoff.stop()
         # It stops at its next hand-over; one stuck reading its input (a dead network share) is left behind
         # as a daemon rather than hanging the caller, say after Ctrl-C.
         producer.join(timeout=STOP_WAIT_SECONDS)
+
+
+# What the decoding thread hands over, in order: per input, _Started, its _Utterances and _Decoded, or
+# _Failed at any point; after the last input _AllHandedOver, or _Crashed if the thread itself died.
+
+
+@dataclass(frozen=True)
+class _Started:
+    key: object
+    source: str
+
+
+@dataclass(frozen=True)
+class _Utterance:
+    key: object
+    piece: ChannelUtterance
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """The input is read to its end: its duration and warnings are final and no more utterances come."""
+
+    key: object
+    duration: float
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    key: object
+    source: str
+    error: SenseVoiceError
+
+
+@dataclass(frozen=True)
+class _AllHandedOver:
+    pass
+
+
+@dataclass(frozen=True)
+class _Crashed:
+    """An error that is no one input's (``sources`` raised, a key came twice): re-raised to the caller."""
+
+    error: BaseException
+
+
+_Message = _Started | _Utterance | _Decoded | _Failed | _AllHandedOver | _Crashed
 
 
 class _Stopped(Exception):
     """The consumer has gone: the decoding thread ends without handing over more."""
 
 
-def _run_handed_over(
-    engine: SenseVoice,
-    handoff: queue.Queue,
+class _Handoff:
+    """The bounded queue from the decoding thread to the caller's, and the caller's signal to stop."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: queue.Queue[_Message] = queue.Queue(maxsize=maxsize)
+        self._stopped = threading.Event()
+
+    def put(self, message: _Message) -> None:
+        """Wait for room; raises ``_Stopped`` once the caller has gone."""
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(message, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def get(self, wait: bool) -> _Message | None:
+        """The next message; without ``wait``, None when none comes within a moment."""
+        try:
+            return self._queue.get(timeout=None if wait else 0.02)
+        except queue.Empty:
+            return None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _produce(
+    sources: Iterable[tuple[object, AudioInput]],
+    open_input: Callable[[AudioInput], tuple[AudioStream, Iterator[ChannelUtterance]]],
+    handoff: _Handoff,
+) -> None:
+    """The decoding thread: every input's messages, then the end (or the error that ended the run)."""
+    seen: set[object] = set()
+    try:
+        for key, source in sources:
+            if key in seen:
+                raise ValueError(f"input key {key!r} given twice")
+            seen.add(key)
+            _hand_over_input(key, source, open_input, handoff)
+    except _Stopped:
+        return
+    except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
+        last: _Message = _Crashed(error)
+    else:
+        last = _AllHandedOver()
+    with suppress(_Stopped):
+        handoff.put(last)
+
+
+def _hand_over_input(
+    key: object,
+    source: AudioInput,
+    open_input: Callable[[AudioInput], tuple[AudioStream, Iterator[ChannelUtterance]]],
+    handoff: _Handoff,
+) -> None:
+    """One input's messages. Any exception from reading or segmenting it becomes its own error."""
+    try:
+        stream, utterances = open_input(source)
+        handoff.put(_Started(key, stream.source))
+        for piece in utterances:
+            handoff.put(_Utterance(key, piece))
+        handoff.put(_Decoded(key, stream.duration, tuple(stream.warnings)))
+    except _Stopped:
+        raise
+    except Exception as error:
+        label = _source_label(source)
+        handoff.put(_Failed(key, label, _input_error(error, label)))
+
+
+def _source_label(source: AudioInput) -> str:
+    try:
+        return _label(source)
+    except Exception:  # not an input type we know: its error says so
+        return f"<{type(source).__name__}>"
+
+
+def _input_error(error: Exception, label: str) -> SenseVoiceError:
+    """Ours as they are; anything else (a decoder's or our own bug) named, logged and wrapped as ours."""
+    if isinstance(error, SenseVoiceError):
+        return error
+    logger.warning("%s failed with an unexpected error", label, exc_info=error)
+    wrapped = AudioDecodeError(f"could not read the input ({type(error).__name__}: {error})")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def _consume(
+    runner: UtteranceRunner,
+    handoff: _Handoff,
     max_batch_frames: int,
     batch_size: int | None,
     on_progress: Callable[[object, float], None] | None,
 ) -> Iterator[FileOutcome]:
-    files: dict[object, _FileState] = {}
-    pending: list[tuple[object, ChannelUtterance]] = []
-    pending_frames = 0
-    finished = False
-    while not finished or pending:
-        item = None
-        if not finished:
-            try:
-                # Wait for more work only while a batch would still be small.
-                item = handoff.get(timeout=0.02 if pending else None)
-            except queue.Empty:
-                item = None
-        if item is _END:
-            finished = True
-        elif item is not None:
-            kind, key, payload = item
-            if kind == "crash":
-                raise payload
-            if kind == "start":
-                files[key] = _FileState(payload)
-            elif kind == "utterance":
-                files[key].outstanding += 1
-                pending.append((key, payload))
-                pending_frames += payload.utterance.frames
-            elif kind == "decoded":
-                state = files[key]
-                state.decoded, state.duration, state.warnings = True, payload.duration, payload.warnings
-            else:
-                label, error = payload
-                state = files.setdefault(key, _FileState(label))
-                state.failed = True
-                yield FileOutcome(key, state.source, error=error)
-        batch_ready = pending and (pending_frames >= max_batch_frames or item is None or finished)
-        if batch_ready:
-            batch, pending, pending_frames = pending, [], 0
-            segments = engine.run_utterances([cu.utterance for _, cu in batch], max_batch_frames, batch_size)
-            for (key, channel_utterance), segment in zip(batch, segments, strict=True):
-                if key not in files:  # its file failed after this segment was queued
-                    continue
-                segment.channel = channel_utterance.channel
-                files[key].segments.append(segment)
-                files[key].outstanding -= 1
-                if on_progress is not None:
-                    on_progress(key, segment.end)
-        for key in [k for k, s in files.items() if s.decoded and s.outstanding == 0 and not s.failed]:
-            state = files.pop(key)
-            yield FileOutcome(
-                key, state.source, assemble(state.source, state.duration, state.warnings, state.segments)
-            )
-        for key in [k for k, s in files.items() if s.failed]:
-            files.pop(key)
+    """The caller's thread: messages into the ledger, batches through the model, outcomes out."""
+    ledger = _Ledger(on_progress)
+    all_handed_over = False
+    while not all_handed_over or ledger.pending:
+        # Wait for more work only while a batch would still be small.
+        message = None if all_handed_over else handoff.get(wait=not ledger.pending)
+        if isinstance(message, _Crashed):
+            raise message.error
+        all_handed_over = all_handed_over or isinstance(message, _AllHandedOver)
+        if isinstance(message, _Failed):
+            yield ledger.fail(message)
+        elif message is not None:
+            ledger.apply(message)
+        if ledger.pending and (
+            ledger.pending_frames >= max_batch_frames or message is None or all_handed_over
+        ):
+            batch = ledger.take_batch()
+            utterances = [piece.utterance for _, piece in batch]
+            ledger.record(batch, runner.run_utterances(utterances, max_batch_frames, batch_size))
+        yield from ledger.completed()
+
+
+@dataclass
+class _FileState:
+    source: str
+    segments: list[Segment] = field(default_factory=list)
+    outstanding: int = 0  # utterances handed over whose segments have not come back
+    decoded: _Decoded | None = None
+
+
+class _Ledger:
+    """Each input under way and the utterances waiting for the next batch, kept by the caller's thread."""
+
+    def __init__(self, on_progress: Callable[[object, float], None] | None) -> None:
+        self._files: dict[object, _FileState] = {}
+        self.pending: list[tuple[object, ChannelUtterance]] = []
+        self.pending_frames = 0
+        self._on_progress = on_progress
+
+    def apply(self, message: _Message) -> None:
+        match message:
+            case _Started(key, source):
+                self._files[key] = _FileState(source)
+            case _Utterance(key, piece):
+                self._files[key].outstanding += 1
+                self.pending.append((key, piece))
+                self.pending_frames += piece.utterance.frames
+            case _Decoded(key):
+                self._files[key].decoded = message
+
+    def fail(self, message: _Failed) -> FileOutcome:
+        """The input is dropped with its waiting utterances: nothing of it runs any more."""
+        self._files.pop(message.key, None)
+        self.pending = [(key, piece) for key, piece in self.pending if key != message.key]
+        self.pending_frames = sum(piece.utterance.frames for _, piece in self.pending)
+        return FileOutcome(message.key, message.source, error=message.error)
+
+    def take_batch(self) -> list[tuple[object, ChannelUtterance]]:
+        batch, self.pending, self.pending_frames = self.pending, [], 0
+        return batch
+
+    def record(self, batch: list[tuple[object, ChannelUtterance]], segments: list[Segment]) -> None:
+        for (key, piece), segment in zip(batch, segments, strict=True):
+            segment.channel = piece.channel
+            state = self._files[key]
+            state.segments.append(segment)
+            state.outstanding -= 1
+            if self._on_progress is not None:
+                self._on_progress(key, segment.end)
+
+    def completed(self) -> list[FileOutcome]:
+        """The outcomes of inputs read to their end whose every segment is back, now off the ledger."""
+        done = [key for key, state in self._files.items() if state.decoded and not state.outstanding]
+        return [self._result(key, self._files.pop(key)) for key in done]
+
+    @staticmethod
+    def _result(key: object, state: _FileState) -> FileOutcome:
+        assert state.decoded is not None
+        decoded = state.decoded
+        result = assemble(state.source, decoded.duration, list(decoded.warnings), state.segments)
+        return FileOutcome(key, state.source, result)

@@ -1,10 +1,15 @@
-"""The public Python API: ``SenseVoice.from_pretrained(...).transcribe([...])``."""
+"""The public Python API: ``SenseVoice.from_pretrained(...).transcribe([...])``.
+
+Imports run one way: this module uses ``longform`` (segmentation and the decoding thread) and hands it
+``self`` as the model that runs utterances; ``longform`` never imports this module.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,33 +21,30 @@ from .decoding import CTCDecoder, DecodeOptions
 from .device import resolve_device, resolve_dtype
 from .errors import SenseVoiceError
 from .features import FeatureExtractor, load_cmvn
+from .longform import transcribe_sources
 from .model import SenseVoiceSmall
 from .results import Segment, Transcription
+from .segmentation import SegmentationOptions
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_BATCH_FRAMES = 6000  # LFR frames (60 ms each) of padded audio per forward: 6 minutes
 
 
+@dataclass(eq=False, repr=False)
 class SenseVoice:
     """One model on one device; every caller (CLI, server, bench) runs batches through ``run_batch``."""
 
-    def __init__(
-        self,
-        files: ModelFiles,
-        model: SenseVoiceSmall,
-        tokenizer: Tokenizer,
-        features: FeatureExtractor,
-        device: torch.device,
-        dtype: torch.dtype,
-    ):
-        self.files = files
-        self.model = model
-        self.tokenizer = tokenizer
-        self.features = features
-        self.device = device
-        self.dtype = dtype
-        self.decoder = CTCDecoder(model.ctc, tokenizer)
-        self.forward_batch_sizes: list[int] = []  # one entry per forward: what batching really did
+    files: ModelFiles
+    model: SenseVoiceSmall
+    tokenizer: Tokenizer
+    features: FeatureExtractor
+    device: torch.device
+    dtype: torch.dtype
+    decoder: CTCDecoder = field(init=False)
+    forward_batch_sizes: list[int] = field(init=False, default_factory=list)  # per forward: what batching did
+
+    def __post_init__(self) -> None:
+        self.decoder = CTCDecoder(self.model.ctc, self.tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -135,8 +137,6 @@ class SenseVoice:
         segments batched with everything else. Raises the first failing input's error; the CLI and the
         server report inputs one by one instead.
         """
-        from .longform import SegmentationOptions, transcribe_sources
-
         if isinstance(inputs, (str, bytes, bytearray, os.PathLike, np.ndarray, Audio)) or hasattr(
             inputs, "read"
         ):
