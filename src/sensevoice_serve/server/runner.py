@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
 
 from ..settings import Settings
+from . import EXIT_LOAD_FAILED, EXIT_OK
 from .app import create_app
 from .service import Service
-
-EXIT_OK, EXIT_LOAD_FAILED = 0, 1
 
 
 class DrainingServer(uvicorn.Server):
@@ -23,11 +23,12 @@ class DrainingServer(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.service.draining = True
+        self.service.begin_drain()
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, listener: socket.socket | None = None) -> int:
+    """Serve until stopped, on ``listener`` when given (a supervisor's socket), else on a port bound here."""
     # A server's operator wants to see it become ready, whatever the CLI's default log level.
     logging.getLogger("sensevoice_serve").setLevel(logging.INFO)
     server: DrainingServer | None = None
@@ -40,5 +41,5 @@ def serve(settings: Settings) -> int:
     # No graceful-shutdown cap: the request timeout already bounds how long an in-flight request can take.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=None)
     server = DrainingServer(config, service)
-    server.run()
+    server.run(sockets=None if listener is None else [listener])
     return EXIT_LOAD_FAILED if service.load_error is not None else EXIT_OK

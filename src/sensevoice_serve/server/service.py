@@ -1,16 +1,18 @@
 """What the routes share: one engine with its inference worker, the decode pool, admission and timings.
 
 ``start`` loads the model (the server calls it in a background thread, so the port answers ``/health`` at
-once); ``ready`` turns true only after the model has run on generated audio and a decode worker has loaded.
-``bench`` drives the same object without HTTP. Admission (``admit``) and the
-``in_flight`` count are touched only on the event loop, so they need no lock.
+once); the service is ready only after the model has run on generated audio and a decode worker has loaded.
+``bench`` drives the same object without HTTP. The lifecycle is one ``State``, changed under a lock by
+``start``, ``begin_drain`` (the SIGTERM handler) and ``stop``, since those run on different threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import torch
 
 from ..batching import Utterance
 from ..decoding import DecodeOptions
-from ..errors import InvalidOption, Overloaded, Unauthorized
+from ..errors import InvalidOption, ModelLoading, Overloaded, ShuttingDown, Unauthorized, Unavailable
 from ..longform import SegmentationOptions, assemble
 from ..pipeline import SenseVoice
 from ..results import Transcription
@@ -33,6 +35,14 @@ from .metrics import Metrics
 logger = logging.getLogger(__name__)
 
 WARMUP_SECONDS = 2.0
+
+
+class State(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"  # no new work; what was admitted finishes
+    FAILED = "failed"  # the model could not be loaded
+    STOPPED = "stopped"
 
 
 @dataclass
@@ -60,8 +70,9 @@ class Service:
         self.engine: SenseVoice | None = None
         self.scheduler: Scheduler | None = None
         self.pool: DecodePool | None = None
-        self.warm = False
-        self.draining = False
+        self._lock = threading.Lock()
+        self._state = State.LOADING
+        self._warm = False
         self.load_error: str | None = None
         self.in_flight = 0
         self.metrics.watch(lambda: self.in_flight, lambda: self.scheduler.pending if self.scheduler else 0)
@@ -85,14 +96,14 @@ class Service:
                 max_wait=tuned.max_wait_ms / 1000,
                 # Admission is bounded per request in admit(); this bound is only a backstop for the files
                 # of native requests, each of which is one scheduler request.
-                max_queue=self.settings.max_queue * self.settings.max_files_per_request,
+                max_pending=self.settings.max_queue * self.settings.max_files_per_request,
             )
             self.scheduler.start()
             noise = np.random.default_rng(0).normal(0, 0.05, int(WARMUP_SECONDS * 16000)).astype(np.float32)
             self.scheduler.submit([Utterance(noise)]).result()
             self.scheduler.on_batch = self.metrics.record_batch  # from now on: user traffic only
             self.pool.wait_started()
-            self.warm = True
+            self._become_ready()
             logger.info(
                 "ready: %s on %s (%s), %d torch threads, %d decode processes",
                 self.settings.model, self.engine.device, self.engine.dtype,
@@ -100,30 +111,68 @@ class Service:
             )  # fmt: skip
         except Exception as error:
             logger.exception("the model could not be loaded; stopping")
-            self.load_error = str(error) or type(error).__name__
+            with self._lock:
+                self.load_error = str(error) or type(error).__name__
+                self._state = State.FAILED
             if self.on_load_failure is not None:
                 self.on_load_failure()
 
+    def _become_ready(self) -> None:
+        with self._lock:
+            self._warm = True
+            if self._state is State.LOADING:  # a drain that began during the load stays a drain
+                self._state = State.READY
+
+    def begin_drain(self) -> None:
+        """Refuse new work from now on (SIGTERM); admitted requests still finish."""
+        with self._lock:
+            if self._state in (State.LOADING, State.READY):
+                self._state = State.DRAINING
+
     def stop(self) -> None:
         """Finish what was admitted, then release the worker and the decode processes."""
-        self.draining = True
+        self.begin_drain()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.pool is not None:
             self.pool.shutdown()
+        with self._lock:
+            if self._state is not State.FAILED:
+                self._state = State.STOPPED
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def warm(self) -> bool:
+        """The model has been loaded and has run (it stays warm while draining)."""
+        return self._warm
 
     @property
     def ready(self) -> bool:
-        return self.warm and not self.draining and self.in_flight < self.settings.max_queue
+        return self._refusal() is None
 
     def not_ready_reason(self) -> str:
-        if self.draining:
-            return "the server is shutting down"
-        if self.load_error is not None:
-            return f"the model failed to load: {self.load_error}"
-        if not self.warm:
-            return "the model is still loading"
-        return f"server busy: {self.in_flight} requests in progress (limit {self.settings.max_queue})"
+        refusal = self._refusal()
+        return str(refusal) if refusal is not None else "ready"
+
+    def _refusal(self) -> Unavailable | None:
+        """Why a new request would be refused now, or None."""
+        state = self._state
+        if state is State.FAILED:
+            return Unavailable(f"the model failed to load: {self.load_error}")
+        if state is State.LOADING:
+            return ModelLoading("the model is still loading")
+        if state is not State.READY:
+            return ShuttingDown("the server is shutting down")
+        if not self.scheduler.healthy:
+            return Unavailable("the inference worker died; restarting")
+        if self.in_flight >= self.settings.max_queue:
+            return Overloaded(
+                f"server busy: {self.in_flight} requests in progress (limit {self.settings.max_queue})"
+            )
+        return None
 
     def check_key(self, authorization: str | None) -> None:
         expected = self.settings.api_key
@@ -137,14 +186,15 @@ class Service:
     def admit(self) -> None:
         """Take one of ``max_queue`` places for a transcription request (give it back with ``release``), or
         refuse the request at once: 503, instead of queueing without bound."""
-        if not self.warm or self.draining:
-            raise Overloaded(self.not_ready_reason())
-        if self.in_flight >= self.settings.max_queue:
-            raise Overloaded(self.not_ready_reason())
-        self.in_flight += 1
+        with self._lock:
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+            self.in_flight += 1
 
     def release(self) -> None:
-        self.in_flight -= 1
+        with self._lock:
+            self.in_flight -= 1
 
     def default_segmentation(self) -> SegmentationOptions:
         return SegmentationOptions(
