@@ -81,3 +81,11 @@ def write_video_only(path: Path, frame_count: int = 5) -> Path:
     with av.open(str(path), "w", format="mp4") as container:
         _add_video(container, seconds=frame_count / 5)
     return path
+
+
+def write_gsm_wav(path: Path, seconds: float) -> Path:
+    """A WAV of GSM 6.10 at 8 kHz, as phone systems record; libsndfile can write it but not seek in it."""
+    import soundfile
+
+    soundfile.write(path, tone(440.0, seconds, 8000), 8000, format="WAV", subtype="GSM610")
+    return path

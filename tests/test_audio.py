@@ -16,7 +16,7 @@ from sensevoice_serve import audio as audio_module
 from sensevoice_serve.audio import SAMPLE_RATE, Audio, AudioStream, decode_audio, decode_audio_channels
 from sensevoice_serve.errors import AudioDecodeError, AudioTooLongError
 
-from .audio_fixtures import SHARED_AUDIO, dominant_frequency, encode, tone, write_video_only
+from .audio_fixtures import SHARED_AUDIO, dominant_frequency, encode, tone, write_gsm_wav, write_video_only
 
 DURATION_TOLERANCE_S = 0.05  # MP3 and AAC pad their first and last frames
 TONE_HZ = 1000.0
@@ -316,6 +316,8 @@ def _bad_input(case: str, tmp_path: Path) -> bytes | Path:
         return tmp_path
     if case == "zero-sample wav":
         return wav_bytes(np.zeros((0, 1), dtype=np.float32), 16000)
+    if case == "wav without a data chunk":
+        return wav_bytes(np.zeros((0, 1), dtype=np.float32), 16000)[:36]  # RIFF, WAVE and fmt only
     if case == "unknown codec":
         return _unknown_codec_wav()
     if case == "NaN samples":
@@ -333,7 +335,8 @@ BAD_INPUTS = {  # case -> regular expression the message must match
     "video without audio": r"no audio stream \(it has only video\)",
     "nonexistent path": "file not found: .*missing.wav",
     "directory": "cannot open .*: Is a directory",
-    "zero-sample wav": "contains no audio samples",
+    "zero-sample wav": "is empty: it contains no audio samples",
+    "wav without a data chunk": "WAV file is empty: it has no data chunk",
     "unknown codec": "unsupported audio codec",
     "NaN samples": "non-finite samples",
 }
@@ -343,6 +346,28 @@ BAD_INPUTS = {  # case -> regular expression the message must match
 def test_bad_input_raises_one_error_type_with_a_helpful_message(case: str, tmp_path: Path) -> None:
     with pytest.raises(AudioDecodeError, match=BAD_INPUTS[case]):
         decode_audio(_bad_input(case, tmp_path))
+
+
+def test_gsm_in_wav_decodes_through_ffmpeg(tmp_path: Path) -> None:
+    """libsndfile opens GSM 6.10 but cannot read it in blocks (it cannot seek in it): FFmpeg decodes it."""
+    path = write_gsm_wav(tmp_path / "call.wav", 3.0)
+    for audio in (decode_audio(path), *decode_audio_channels(path)):
+        assert audio.duration == pytest.approx(3.0, abs=DURATION_TOLERANCE_S)
+        assert_model_ready(audio)
+        assert dominant_frequency(audio.samples, SAMPLE_RATE) == pytest.approx(440.0, abs=5.0)
+    assert sum(len(window[0]) for window in AudioStream(path, window_seconds=1.0)) == 3 * SAMPLE_RATE
+
+
+def test_a_decoder_surprise_is_that_input_s_decode_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(interleaved: np.ndarray) -> np.ndarray:
+        raise IndexError("a decoder bug")
+
+    monkeypatch.setattr(audio_module, "_downmix", broken)
+    with pytest.raises(AudioDecodeError, match=r"IndexError: a decoder bug") as caught:
+        decode_audio(wav_bytes(tone(TONE_HZ, 0.5, 16000), 16000))
+    assert isinstance(caught.value.__cause__, IndexError)
+    with pytest.raises(AudioDecodeError, match="TypeError"):
+        decode_audio(12345)  # type: ignore[arg-type]
 
 
 def test_an_uploaded_playlist_cannot_read_local_files(

@@ -10,6 +10,7 @@ import pytest
 
 from sensevoice_serve.cli import main
 
+from .audio_fixtures import write_gsm_wav
 from .conftest import shared_audio
 
 
@@ -131,3 +132,16 @@ def test_several_files_as_srt_number_cues_on(tiny_model_dir: Path, capsys: pytes
     srt = pytest.importorskip("srt")
     subtitles = list(srt.parse(_transcribe_two(tiny_model_dir, "srt", capsys)))
     assert [s.index for s in subtitles] == list(range(1, len(subtitles) + 1)) and len(subtitles) >= 2
+
+
+def test_a_gsm_wav_among_good_files_gives_three_results(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    """GSM 6.10 in WAV (phone systems) crashed the whole run with a ValueError from libsndfile."""
+    good = str(shared_audio("zh_sample.wav"))
+    phone_call = str(write_gsm_wav(tmp_path / "call.wav", 2.0))
+    inputs = [good, phone_call, str(shared_audio("jfk.flac"))]
+    assert main(["transcribe", "--model", str(tiny_model_dir), "--format", "json", *inputs]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(result["source"] for result in results) == sorted(inputs)
+    manifest = tmp_path / "results.jsonl"
+    assert main(["transcribe", "--model", str(tiny_model_dir), "--output", str(manifest), *inputs]) == 0
+    assert len(manifest.read_text().splitlines()) == 3

@@ -173,7 +173,9 @@ def _label(source: AudioInput) -> str:
     if hasattr(source, "read"):
         file_name = getattr(source, "name", None)
         return file_name if isinstance(file_name, str) else "<stream>"
-    return os.fsdecode(source)
+    if isinstance(source, str | os.PathLike):
+        return os.fsdecode(source)
+    return f"<{type(source).__name__}>"  # not an input at all: decoding says so
 
 
 def _pieces(
@@ -182,7 +184,9 @@ def _pieces(
     """The input as consecutive (channels, samples) float32 pieces at 16 kHz, checked as they come.
 
     ``warnings`` receives what decoding survived. Raises once the audio passes ``max_duration`` and, at
-    the end, if nothing was decoded at all.
+    the end, if nothing was decoded at all. Whatever goes wrong inside a decoder leaves here as this
+    input's ``AudioDecodeError`` (or ``AudioTooLongError``), never as another exception: one odd file
+    must not take down a batch, a bulk run or a server request with other files in it.
     """
     decoded = 0
     # closing(): an error raised here shuts the decoder's container and file at once, not at collection.
@@ -196,11 +200,15 @@ def _pieces(
                 decoded += piece.shape[1]
                 _check_duration(decoded / SAMPLE_RATE, max_duration, how="stopped decoding at")
                 yield piece
+        except (AudioDecodeError, AudioTooLongError):
+            raise
         except OSError as error:
             # The input itself failed (a dying disk, a network share gone): that file fails, not the run.
             raise AudioDecodeError(f"cannot read the input: {error.strerror or error}") from error
+        except Exception as error:  # noqa: BLE001 - a decoder's surprise (PyAV, libsndfile, NumPy)
+            raise AudioDecodeError(f"could not decode the input ({type(error).__name__}: {error})") from error
     if decoded == 0:
-        raise AudioDecodeError("the input contains no audio samples")
+        raise AudioDecodeError("the input is empty: it contains no audio samples")
 
 
 def _decoded(
@@ -220,12 +228,17 @@ def _decoded(
         stream.seek(0)
         header = stream.read(12)
         stream.seek(0)
-        sound = _open_with_soundfile(stream) if _is_wav(header) else None
+        sound, wav_problem = _open_with_soundfile(stream) if _is_wav(header) else (None, None)
         if sound is not None:
             yield from _soundfile_pieces(sound, max_duration, keep_channels, warnings)
         else:
             stream.seek(0)
-            yield from _ffmpeg_pieces(stream, max_duration, keep_channels, warnings)
+            try:
+                yield from _ffmpeg_pieces(stream, max_duration, keep_channels, warnings)
+            except AudioDecodeError as error:
+                if wav_problem is None:
+                    raise
+                raise AudioDecodeError(wav_problem) from error  # libsndfile's reason says more
     if not warnings and (cut_off := _wav_truncation(header, size)):
         warnings.append(cut_off)
 
@@ -286,17 +299,21 @@ def _is_wav(header: bytes) -> bool:
     return header[:4] == b"RIFF" and header[8:12] == b"WAVE"
 
 
-def _open_with_soundfile(stream: BinaryIO) -> soundfile.SoundFile | None:
-    """The input opened by libsndfile, or None to hand it to FFmpeg."""
+def _open_with_soundfile(stream: BinaryIO) -> tuple[soundfile.SoundFile | None, str | None]:
+    """The WAV input opened by libsndfile, or None to hand it to FFmpeg, with what to say if FFmpeg fails
+    (when libsndfile knows better: FFmpeg calls a header without data "not a recognised format")."""
     try:
         sound = soundfile.SoundFile(stream)
-    except soundfile.SoundFileError:
-        return None
-    # Zero frames may just be a header its writer never finished: FFmpeg reads past it.
-    if sound.frames == 0:
+    except Exception as error:  # noqa: BLE001 - LibsndfileError, and others on odd headers
+        if "'data' chunk" in (getattr(error, "error_string", None) or str(error)):
+            return None, "the WAV file is empty: it has no data chunk, so no audio samples"
+        return None, None
+    # Zero frames may just be a header its writer never finished: FFmpeg reads past it. A codec libsndfile
+    # cannot seek in (GSM 6.10 from phone systems) cannot be read in blocks either: FFmpeg decodes it.
+    if sound.frames == 0 or not sound.seekable():
         sound.close()
-        return None
-    return sound
+        return None, None
+    return sound, None
 
 
 def _soundfile_pieces(
