@@ -28,7 +28,7 @@ def test_json_on_a_cpu_machine(capsys: pytest.CaptureFixture, tiny_model_dir: Pa
     assert all(
         checks[f"codec {c}"]["status"] == "ok" for c in ("mp3", "aac", "opus", "vorbis", "flac", "pcm")
     )
-    assert checks["weights"]["status"] == "ok"
+    assert checks["weights"]["status"] == "warn" and "RANDOM weights" in checks["weights"]["value"]
     assert report["ok"] and report["settings"]["device"] == "cpu"
     assert report["seconds"] < 30
 
@@ -75,6 +75,14 @@ def test_gpu_whose_allocation_raises_fails(monkeypatch: pytest.MonkeyPatch) -> N
     assert checks["gpu 0"].status == "fail"
     assert checks["gpu 0"].value == "Fake L4: CUDA error: out of memory"
     assert checks["cpu matmul"].status == "ok"
+
+
+def test_real_weights_are_not_called_random(tiny_model_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    assert _by_name(doctor.check_model(str(copy)))["weights"].status == "warn"
+    (copy / "RANDOM_WEIGHTS.txt").unlink()  # what the official download looks like
+    weights = _by_name(doctor.check_model(str(copy)))["weights"]
+    assert weights.status == "ok" and "RANDOM" not in weights.value
 
 
 def test_model_dir_with_missing_tokenizer(tiny_model_dir: Path, tmp_path: Path) -> None:

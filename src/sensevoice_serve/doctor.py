@@ -214,10 +214,23 @@ def check_model(model_dir: str) -> list[Check]:
         with torch.device("meta"):
             expected = SenseVoiceSmall(model_dimensions(files, tokenizer.vocab_size)).state_dict()
         check_state_dict(expected, load_state_dict(files.weights), files.weights)
-        checks.append(Check("weights", OK, f"{len(expected)} tensors match config.yaml"))
+        checks.append(_weights_check(len(expected), files.random_weights))
     except SenseVoiceError as error:
         checks.append(Check("model", FAIL, str(error), "re-download the model directory"))
     return checks
+
+
+def _weights_check(tensor_count: int, random_weights: bool) -> Check:
+    matching = f"{tensor_count} tensors match config.yaml"
+    if not random_weights:
+        return Check("weights", OK, matching)
+    return Check(
+        "weights",
+        WARN,
+        f"RANDOM weights (a make-test-model checkpoint): transcripts are meaningless; {matching}",
+        "for real transcripts use the real checkpoint: ModelScope iic/SenseVoiceSmall or "
+        "Hugging Face FunAudioLLM/SenseVoiceSmall",
+    )
 
 
 def check_disk(path: Path, disk_usage: Callable = shutil.disk_usage) -> list[Check]:
