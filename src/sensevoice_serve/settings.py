@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' when set")
     max_queue: int = Field(64, ge=1, description="requests admitted at once; more get 503 + Retry-After")
+    supervise: bool = Field(True, description="serve from a child process, replaced at once if it dies")
     # A 2-hour 16 kHz mono 16-bit WAV (230 MB) fits the default max duration; compressed audio is smaller.
     max_upload_mb: float = Field(256.0, gt=0, description="largest upload accepted (413 above)")
     max_duration_seconds: float = Field(7200.0, gt=0, description="longest audio accepted (413 above)")

@@ -19,3 +19,10 @@ def test_unset_flags_leave_the_environment_and_defaults_in_charge() -> None:
     args = cli.build_parser().parse_args(["serve", "--api-key", "k", "--max-upload-mb", "1.5"])
     assert (args.api_key, args.max_upload_mb) == ("k", "1.5")
     assert args.model is None and args.port is None  # load_settings drops None: SENSEVOICE_* still apply
+
+
+def test_supervision_is_a_switch_left_to_the_environment_when_unset() -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args(["serve", "--no-supervise"]).supervise is False
+    assert parser.parse_args(["serve", "--supervise"]).supervise is True
+    assert parser.parse_args(["serve"]).supervise is None

@@ -1,21 +1,26 @@
 """``sensevoice serve``: the HTTP server. Importing this package stays cheap (the CLI imports it to register
-the subcommand); the app and its dependencies load when the command runs."""
+the subcommand); the app and its dependencies load when the command runs.
+
+By default the command is a supervisor (``supervisor.py``) that binds the port and runs the server itself
+in a child process, started as ``serve --listen-fd N --lifeline-fd M``; ``--no-supervise`` serves in this
+process."""
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from pydantic import ValidationError
 
 from ..settings import Settings, load_settings
 
-EXIT_USAGE = 2
+EXIT_OK, EXIT_LOAD_FAILED, EXIT_USAGE = 0, 1, 2
 # Settings exposed as flags; each also reads SENSEVOICE_<NAME>. Values are parsed and checked by Settings.
 SERVE_FLAGS = (
     "model", "host", "port", "device", "dtype", "api_key", "max_queue", "max_upload_mb",
     "max_duration_seconds", "request_timeout_seconds", "max_files_per_request", "decode_workers",
-    "torch_threads", "max_batch_frames", "batch_size", "max_wait_ms", "language", "vad",
+    "torch_threads", "max_batch_frames", "batch_size", "max_wait_ms", "language", "vad", "supervise",
 )  # fmt: skip
 
 
@@ -31,7 +36,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             help=f"{field.description or name.replace('_', ' ')}{default}",
+            # --supervise / --no-supervise; unset (None) leaves the environment in charge, as for the others.
+            **({"action": argparse.BooleanOptionalAction} if field.annotation is bool else {}),
         )
+    # How a supervisor starts the serving process: the socket to serve on, the pipe whose closing says
+    # that the supervisor is gone.
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     parser.set_defaults(handler=_serve_command)
 
 
@@ -44,6 +55,17 @@ def _serve_command(args: argparse.Namespace) -> int:
             flag = f"--{name.replace('_', '-')} (or SENSEVOICE_{name.upper()})"
             print(f"error: {flag}: {problem['msg']}", file=sys.stderr)
         return EXIT_USAGE
+    if args.listen_fd is not None:
+        from .supervisor import exit_with_supervisor
+
+        exit_with_supervisor(args.lifeline_fd)
+        from .runner import serve
+
+        return serve(settings, socket.socket(fileno=args.listen_fd))
+    if settings.supervise:
+        from .supervisor import supervise
+
+        return supervise(settings)
     from .runner import serve
 
     return serve(settings)
