@@ -73,3 +73,15 @@ class Unauthorized(SenseVoiceError):
 
 class UploadTooLarge(SenseVoiceError):
     http_status = 413
+
+
+class UploadTimeout(SenseVoiceError):
+    """An upload stalled, or arrived slower than the server's minimum rate."""
+
+    http_status = 408
+
+
+class DecodeTimeout(SenseVoiceError):
+    """Decoding one upload outlasted the decode deadline; its decoder process was killed and replaced."""
+
+    http_status = 422

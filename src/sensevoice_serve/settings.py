@@ -34,13 +34,37 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(None, description="require 'Authorization: Bearer <key>' when set")
-    max_queue: int = Field(64, ge=1, description="requests admitted at once; more get 503 + Retry-After")
+    max_queue: int = Field(
+        64, ge=1, description="requests decoding or in inference at once; more get 503 + Retry-After"
+    )
     supervise: bool = Field(True, description="serve from a child process, replaced at once if it dies")
     # A 2-hour 16 kHz mono 16-bit WAV (230 MB) fits the default max duration; compressed audio is smaller.
     max_upload_mb: float = Field(256.0, gt=0, description="largest upload accepted (413 above)")
     max_duration_seconds: float = Field(7200.0, gt=0, description="longest audio accepted (413 above)")
-    request_timeout_seconds: float = Field(600.0, gt=0, description="a request running this long gets 504")
+    request_timeout_seconds: float = Field(
+        600.0, gt=0, description="a request still running this long after its upload gets 504"
+    )
     max_files_per_request: int = Field(16, ge=1, description="files in one native request (400 above)")
+    # Uploads are received apart from inference, streamed to files: many at once, each under its own bounds.
+    max_uploads: int = Field(256, ge=1, description="uploads being received at once (503 above)")
+    max_upload_temp_mb: float = Field(
+        1024.0, gt=0, description="upload bytes in the temp directory at once, all requests (503 above)"
+    )
+    upload_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="an upload that sends nothing for this long gets 408"
+    )
+    upload_min_rate_kb: float = Field(
+        8.0, ge=0, description="KB/s an upload must average beyond one idle timeout's grace (408 below)"
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection must send a request's headers within this (closed otherwise)"
+    )
+    decode_timeout_seconds: float = Field(
+        300.0, gt=0, description="a decoder still on one upload after this is killed (422)"
+    )
+    public_metrics: bool = Field(
+        False, description="serve /metrics and /openapi.json without the API key (which they need by default)"
+    )
     decode_workers: int | None = Field(None, ge=1, description="decode processes (default: from the cores)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads (default: from the cores)")
     max_wait_ms: float | None = Field(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -58,8 +60,8 @@ class LiveServer:
         return 0.0
 
     def decode_worker_pids(self) -> list[int]:
-        """The server's decode processes: its spawned children other than the resource tracker."""
-        pids = []
+        """The server's decode processes: spawned descendants (its children, or a supervised server's)."""
+        children: dict[int, list[tuple[int, bytes]]] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -68,8 +70,13 @@ class LiveServer:
                 command = (entry / "cmdline").read_bytes()
             except (OSError, IndexError):
                 continue
-            if parent == self.process.pid and b"spawn_main" in command:
-                pids.append(int(entry.name))
+            children.setdefault(parent, []).append((int(entry.name), command))
+        pids, parents = [], [self.process.pid]
+        while parents:
+            for pid, command in children.get(parents.pop(), []):
+                parents.append(pid)
+                if b"spawn_main" in command:
+                    pids.append(pid)
         return pids
 
     def stop(self) -> None:
@@ -158,6 +165,65 @@ def speech() -> np.ndarray:
     """About 47 s of real speech (English, Mandarin, English then German) at 16 kHz."""
     names = ("jfk.flac", "zh_sample.wav", "multilingual.mp3")
     return np.concatenate([decode_audio(shared_audio(name)).samples for name in names])
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
+    """Poll until ``condition()`` holds: tests wait for the state they need, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+class RawUpload:
+    """A multipart upload over a plain socket, sent as far as the test says: a client in mid-upload."""
+
+    def __init__(self, server: LiveServer, data: bytes, path: str = "/v1/audio/transcriptions") -> None:
+        field = "file" if path == "/v1/audio/transcriptions" else "files"
+        encoded = httpx.Request("POST", server.url + path, files={field: ("clip.wav", data)})
+        self.body = encoded.read()
+        self.sent = 0
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(self.body)}"]
+        head += [f"Content-Type: {encoded.headers['Content-Type']}"]
+        head += [f"{name}: {value}" for name, value in server.headers.items()]
+        port = int(server.url.rsplit(":", 1)[1])
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.socket.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+
+    def send(self, count: int | None = None) -> None:
+        """The next ``count`` bytes of the body (all that is left by default)."""
+        end = len(self.body) if count is None else self.sent + count
+        self.socket.sendall(self.body[self.sent : end])
+        self.sent = min(end, len(self.body))
+
+    def response(self) -> tuple[int, dict]:
+        """The status and JSON body the server answers (it may answer before the body is complete)."""
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < self._length(received):
+            chunk = self.socket.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body) if body else {}
+
+    @staticmethod
+    def _length(received: bytes) -> int:
+        for line in received.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                return int(value)
+        return 0
+
+    def wait_closed(self) -> None:
+        """Return once the server has closed the connection (the socket times out if it never does)."""
+        with contextlib.suppress(ConnectionResetError):
+            while self.socket.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self.socket.close()
 
 
 def trickle(server: LiveServer, data: bytes, seconds: float, pieces: int = 20) -> httpx.Response:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from ..audio_fixtures import write_video_only
 from ..conftest import shared_audio
-from .conftest import LiveServer, launch, trickle, wait_ready, wav
+from .conftest import LiveServer, RawUpload, launch, trickle, wait_ready, wait_until, wav
 
 openai = pytest.importorskip("openai")
 
@@ -25,7 +26,8 @@ STRICT = {
     "max_upload_mb": 0.5,
     "max_duration_seconds": 5,
     "max_files_per_request": 2,
-    "request_timeout_seconds": 2,
+    "request_timeout_seconds": 3,
+    "decode_workers": 1,
 }
 
 
@@ -92,57 +94,72 @@ def test_duration_and_file_count_limits(strict: LiveServer, speech: np.ndarray) 
     assert too_many.status_code == 400 and "limit is 2" in too_many.json()["error"]["message"]
 
 
-def test_saturated_queue_answers_503_with_retry_after(strict: LiveServer, speech: np.ndarray) -> None:
-    clip = wav(speech[: 16000 * 4])
-    with ThreadPoolExecutor(2) as slow:
-        # Two uploads that stay in flight hold both admission places.
-        held = [slow.submit(trickle, strict, clip, 1.5) for _ in range(2)]
-        deadline = time.monotonic() + 1
-        while strict.metric("sensevoice_requests_in_progress") < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        ready = httpx.get(strict.url + "/ready")
-        refused = strict.transcribe(clip)
-        assert all(future.result().status_code == 200 for future in held)
-    assert ready.status_code == 503 and "busy" in ready.json()["reason"]
-    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
-    assert "busy" in refused.json()["error"]["message"]
-    assert httpx.get(strict.url + "/ready").status_code == 200
-
-    # A burst: some refused at once, every admitted one answered.
-    with ThreadPoolExecutor(12) as burst:
-        statuses = [r.status_code for r in burst.map(lambda _: strict.transcribe(clip), range(12))]
-    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
-
-
-def test_request_timeout(strict: LiveServer, speech: np.ndarray) -> None:
-    response = trickle(strict, wav(speech[:16000]), seconds=4)  # still uploading at the 2 s timeout
+def test_request_timeout_counts_from_the_end_of_the_upload(strict: LiveServer, speech: np.ndarray) -> None:
+    clip = wav(speech[:16000])
+    # Uploads have bounds of their own: one that takes longer than the 3 s request timeout is still served.
+    assert trickle(strict, clip, seconds=4).status_code == 200
+    with stopped(strict.decode_worker_pids()):  # the decoder never answers, so the request surely times out
+        response = strict.transcribe(clip)
     assert response.status_code == 504
-    assert "2 s timeout" in response.json()["error"]["message"]
-    assert strict.transcribe(wav(speech[:16000])).status_code == 200
+    assert "3 s timeout" in response.json()["error"]["message"]
+    assert strict.transcribe(clip).status_code == 200
     assert strict.metric("sensevoice_requests_in_progress") == 0
+
+
+@contextlib.contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """The processes frozen (SIGSTOP) while the block runs: work sent to them waits, deterministically."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
 def single_decoder(start_server) -> LiveServer:
-    return start_server(decode_workers=1)
+    return start_server(decode_workers=1, max_queue=2)
+
+
+def test_saturated_queue_answers_503_with_retry_after(single_decoder: LiveServer, speech: np.ndarray) -> None:
+    server, clip = single_decoder, wav(speech[: 16000 * 4])
+    late = RawUpload(server, clip)  # uploading while places are free: uploads hold none
+    late.send(300)
+    with ThreadPoolExecutor(2) as clients, stopped(server.decode_worker_pids()):
+        # Two requests wait for the frozen decoder, holding both places.
+        held = [clients.submit(server.transcribe, clip) for _ in range(2)]
+        wait_until(lambda: server.metric("sensevoice_requests_in_progress") == 2, "both places are taken")
+        ready = httpx.get(server.url + "/ready")
+        refused = server.transcribe(clip)  # refused before its upload is read
+        late.send()  # an upload that completes while every place is taken
+        late_status, late_body = late.response()
+    late.close()
+    assert all(future.result().status_code == 200 for future in held)
+    assert ready.status_code == 503 and "busy" in ready.json()["reason"]
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.headers["Connection"] == "close"
+    assert "busy" in refused.json()["error"]["message"]
+    assert late_status == 503 and late_body["error"]["code"] == "overloaded"
+    assert httpx.get(server.url + "/ready").status_code == 200
+
+    # A burst: some refused at once, every admitted one answered.
+    with ThreadPoolExecutor(12) as burst:
+        statuses = [r.status_code for r in burst.map(lambda _: server.transcribe(clip), range(12))]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
 
 
 def test_a_client_that_leaves_cancels_its_work(single_decoder: LiveServer, speech: np.ndarray) -> None:
     server, clip = single_decoder, wav(speech[:16000])
-    [decoder] = server.decode_worker_pids()
-    os.kill(decoder, signal.SIGSTOP)  # the upload will wait in the decode pool until the client gives up
-    try:
+    with stopped(server.decode_worker_pids()):  # the upload waits in the decode pool until the client leaves
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/audio/transcriptions", files={"file": ("a.wav", clip)}, timeout=1)
-        deadline = time.monotonic() + 5
-        while server.metric("sensevoice_requests_in_progress") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.metric("sensevoice_requests_in_progress") == 0  # released while the decoder is stuck
+        # Released while the decoder is still stuck.
+        wait_until(lambda: server.metric("sensevoice_requests_in_progress") == 0, "the request is released")
         assert server.metric(
             "sensevoice_http_requests_total", endpoint="/v1/audio/transcriptions", status="499"
         )
-    finally:
-        os.kill(decoder, signal.SIGCONT)
     assert server.transcribe(clip).status_code == 200
 
 
@@ -193,23 +210,36 @@ def test_port_answers_at_once_then_sigterm_drains_in_flight_requests(
         assert health.json() == {"status": "ok", "warm": False}
         assert ready.status_code == 503 and "loading" in ready.json()["reason"]
         assert early.status_code == 503 and early.headers["Retry-After"] == "1"
+        assert early.json()["error"]["code"] == "model_loading"
 
         wait_ready(server)
-        outcome: dict = {}
-        request = threading.Thread(target=lambda: outcome.update(response=trickle(server, wav(speech), 1.5)))
-        request.start()
-        time.sleep(0.5)
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with pytest.raises(httpx.TransportError):  # no new connections while draining
-            httpx.get(server.url + "/ready")
-        request.join(timeout=30)
-        assert outcome["response"].status_code == 200
-        assert outcome["response"].json()["text"]
+        clip = wav(speech)
+        with ThreadPoolExecutor(1) as client, stopped(server.decode_worker_pids()):
+            decoding = client.submit(server.transcribe, clip)  # held in the frozen decoder
+            uploading = RawUpload(server, clip)
+            uploading.send(300)  # and one still uploading when the signal comes
+            wait_until(lambda: server.metric("sensevoice_requests_in_progress") == 1, "one is decoding")
+            wait_until(lambda: server.metric("sensevoice_uploads_in_progress") == 1, "one is uploading")
+            server.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: not accepts_connections(server), "the server stops accepting connections")
+            uploading.send()
+        status, body = uploading.response()
+        uploading.close()
+        # Both were in flight before the signal: both are finished, not refused.
+        assert decoding.result().status_code == 200 and decoding.result().json()["text"]
+        assert status == 200 and body["text"]
         # uvicorn re-raises the signal once drained, so the exit is "terminated by SIGTERM", promptly.
         assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         server.stop()
+
+
+def accepts_connections(server: LiveServer) -> bool:
+    try:
+        httpx.get(server.url + "/health")
+    except httpx.TransportError:
+        return False
+    return True
 
 
 def test_a_model_that_cannot_load_stops_the_server(tmp_path: Path) -> None:

@@ -37,5 +37,10 @@ def error_response(status: int, message: str, code: str | None = None) -> JSONRe
     return json_response(error_body(status, message, code), status)
 
 
-def sensevoice_error_response(error: SenseVoiceError) -> JSONResponse:
-    return error_response(error.http_status, str(error), error_code(error))
+def sensevoice_error_response(error: SenseVoiceError, close: bool = False) -> JSONResponse:
+    """``close``: the answer comes before the request's body was read, so the connection is not reused (the
+    rest of that body would be read, and thrown away, first)."""
+    response = error_response(error.http_status, str(error), error_code(error))
+    if close:
+        response.headers["Connection"] = "close"
+    return response

@@ -1,4 +1,12 @@
-"""Everything decided about an API request before its body is read, so refusing it costs next to nothing.
+"""Everything decided about an API request around its body, so that refusing it costs next to nothing and a
+slow upload holds nothing but its own connection.
+
+For every ``/v1/`` call: the API key. For a transcription request (``work_paths``), before its body is read:
+the declared size (413), whether the server takes work now (503 when loading, draining or busy) and an upload
+place (503 beyond ``max_uploads``). While the body streams in: its size counted (413), and its pace: an upload
+that stalls for ``upload_idle_timeout_seconds``, or averages under ``upload_min_rate_kb`` beyond that grace,
+gets 408. Uploads hold no inference place: the route takes one once its upload is complete. From then on the
+request timeout runs (504), and a client that goes away cancels the request's work.
 
 An ASGI middleware rather than FastAPI dependencies: FastAPI reads the whole multipart body before it runs
 any dependency, and a refusal that comes after a 200 MB upload protects nothing.
@@ -7,27 +15,28 @@ any dependency, and a refusal that comes after a 200 MB upload protects nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import RequestTimeout, SenseVoiceError, UploadTooLarge
+from ..errors import Overloaded, RequestTimeout, SenseVoiceError, UploadTimeout, UploadTooLarge
+from ..settings import Settings
 from .errors import sensevoice_error_response
 from .service import Service
 
 API_PREFIX = "/v1/"
+KB = 1024
 
 
 class RequestGate:
-    """For every ``/v1/`` call: the API key. For transcription requests (``work_paths``) also: the upload
-    size (declared, then counted while it streams in), admission (503 when loading, draining or full), the
-    request timeout (504) and the client's disconnect; either cancels the request's work."""
-
     def __init__(self, app: ASGIApp, service: Service, work_paths: frozenset[str]) -> None:
         self.app = app
         self.service = service
         self.work_paths = work_paths
+        self.uploading = 0  # bodies being received; only touched on the event loop
+        service.metrics.uploads_in_progress.set_function(lambda: self.uploading)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
@@ -39,77 +48,128 @@ class RequestGate:
             self.service.check_key(headers.get("authorization"))
             if is_work:
                 self._check_declared_size(headers.get("content-length"))
-                self.service.admit()
+                self.service.check_accepting()
+                self._check_upload_places()
         except SenseVoiceError as error:
-            await sensevoice_error_response(error)(scope, receive, send)
+            await sensevoice_error_response(error, close=is_work)(scope, receive, send)
             return
         if not is_work:
             await self.app(scope, receive, send)
             return
-        try:
-            await self._run_work(scope, receive, send)
-        finally:
-            self.service.release()
+        await _WorkRequest(self, scope, receive, send).run()
 
     @property
-    def _max_bytes(self) -> int:
-        return int(self.service.settings.max_upload_mb * 1024 * 1024)
+    def settings(self) -> Settings:
+        return self.service.settings
 
     def _too_large(self) -> UploadTooLarge:
-        return UploadTooLarge(
-            f"the upload is larger than the {self.service.settings.max_upload_mb:g} MB limit"
-        )
+        return UploadTooLarge(f"the upload is larger than the {self.settings.max_upload_mb:g} MB limit")
 
     def _check_declared_size(self, content_length: str | None) -> None:
-        if content_length is not None and content_length.isdigit() and int(content_length) > self._max_bytes:
+        declared = int(content_length) if content_length is not None and content_length.isdigit() else 0
+        if declared > self.settings.max_upload_mb * 1024 * 1024:
             raise self._too_large()
 
-    async def _run_work(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The request under its limits: the size counted as the body streams in (even without, or with a
-        false, Content-Length), the timeout (504), and cancellation when the client goes away: nobody would
-        read the result, and a client that retries after its own timeout would otherwise double the load."""
-        max_bytes, received, responded = self._max_bytes, 0, False
-        body_read = asyncio.Event()
+    def _check_upload_places(self) -> None:
+        if self.uploading >= self.settings.max_uploads:
+            raise Overloaded(
+                f"server busy: {self.uploading} uploads in progress (limit {self.settings.max_uploads})"
+            )
 
-        async def app_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > max_bytes:
-                # FastAPI passes an HTTPException raised while it reads the form on to the handlers; any
-                # other exception would become a generic 400.
-                raise HTTPException(413, str(self._too_large()))
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_read.set()
-            return message
 
-        async def app_send(message: Message) -> None:
-            nonlocal responded
-            responded = responded or message["type"] == "http.response.start"
-            await send(message)
+class _WorkRequest:
+    """One transcription request under the gate's limits: its upload's pace and size, then its timeout."""
 
-        work = asyncio.ensure_future(self.app(scope, app_receive, app_send))
+    def __init__(self, gate: RequestGate, scope: Scope, receive: Receive, send: Send) -> None:
+        self.gate, self.scope, self.receive, self.send = gate, scope, receive, send
+        settings = gate.settings
+        self.max_bytes = int(settings.max_upload_mb * 1024 * 1024)
+        self.idle_timeout = settings.upload_idle_timeout_seconds
+        self.min_rate = settings.upload_min_rate_kb * KB
+        self.started = time.monotonic()
+        self.received = 0
+        self.body_read = asyncio.Event()
+        self.responded = False
+        gate.uploading += 1
 
-        async def cancel_on_disconnect() -> None:
-            await body_read.wait()
-            # Once the body is read, the next message from the server is the client's disconnect.
-            if (await receive())["type"] == "http.disconnect" and not responded:
-                work.cancel()
+    def _upload_done(self) -> None:
+        if not self.body_read.is_set():
+            self.body_read.set()
+            self.gate.uploading -= 1
 
-        watcher = asyncio.ensure_future(cancel_on_disconnect())
-        timeout = self.service.settings.request_timeout_seconds
+    def _receive_within(self) -> float:
+        """Seconds the next piece of the body may take: the idle timeout, or less where the upload's average
+        would fall under the minimum rate."""
+        if not self.min_rate:
+            return self.idle_timeout
+        deadline = self.started + self.idle_timeout + self.received / self.min_rate
+        return min(self.idle_timeout, deadline - time.monotonic())
+
+    async def app_receive(self) -> Message:
+        if self.body_read.is_set():
+            return await self.receive()
+        within = self._receive_within()
         try:
-            finished, _ = await asyncio.wait({work}, timeout=timeout)
+            message = await asyncio.wait_for(self.receive(), max(within, 0))
+        except asyncio.TimeoutError:
+            self._upload_done()
+            # FastAPI passes an HTTPException raised while it reads the form on to the handlers; any other
+            # exception would become a generic 400.
+            raise HTTPException(408, str(self._too_slow(within))) from None
+        self.received += len(message.get("body", b""))
+        if self.received > self.max_bytes:
+            self._upload_done()
+            raise HTTPException(413, str(self.gate._too_large()))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._upload_done()
+        return message
+
+    def _too_slow(self, within: float) -> UploadTimeout:
+        if within >= self.idle_timeout:
+            return UploadTimeout(f"the upload sent nothing for {self.idle_timeout:g} s")
+        rate = self.gate.settings.upload_min_rate_kb
+        return UploadTimeout(f"the upload was slower than this server's minimum of {rate:g} KB/s")
+
+    async def app_send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.responded = True
+            if not self.body_read.is_set():
+                # Answered before the whole body came (a refusal): the rest of it is not worth reading.
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await self.send(message)
+
+    async def run(self) -> None:
+        """The request under its limits, and cancelled when the client goes away: nobody would read the
+        result, and a client that retries after its own timeout would otherwise double the load."""
+        work = asyncio.ensure_future(self.gate.app(self.scope, self.app_receive, self.app_send))
+        watcher = asyncio.ensure_future(self._cancel_on_disconnect(work))
+        deadline = asyncio.ensure_future(self._deadline())
+        try:
+            await asyncio.wait({work, deadline}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
+            deadline.cancel()
+            self._upload_done()
             if not work.done():  # the timeout, or this request's own task is being cancelled
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-        if not finished:
-            if not responded:
+        if not work.done() or work.cancelled():
+            if deadline.done() and not self.responded:
+                timeout = self.gate.settings.request_timeout_seconds
                 error = RequestTimeout(
                     f"the request took longer than the {timeout:g} s timeout and was cancelled"
                 )
-                await sensevoice_error_response(error)(scope, receive, send)
-        elif not work.cancelled():  # cancelled: the client went away and there is nobody to answer
-            work.result()  # an error of the app goes on to the outer middleware
+                await sensevoice_error_response(error)(self.scope, self.receive, self.send)
+            return  # or cancelled: the client went away and there is nobody to answer
+        work.result()  # an error of the app goes on to the outer middleware
+
+    async def _deadline(self) -> None:
+        """The request timeout, counted from the end of the upload (which is bounded on its own)."""
+        await self.body_read.wait()
+        await asyncio.sleep(self.gate.settings.request_timeout_seconds)
+
+    async def _cancel_on_disconnect(self, work: asyncio.Future) -> None:
+        await self.body_read.wait()
+        # Once the body is read, the next message from the server is the client's disconnect.
+        if (await self.receive())["type"] == "http.disconnect" and not self.responded:
+            work.cancel()

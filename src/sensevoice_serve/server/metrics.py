@@ -32,8 +32,11 @@ class Metrics:
         )
         self.in_progress = Gauge(
             "sensevoice_requests_in_progress",
-            "transcription requests admitted: uploading, decoding, queued or running",
+            "transcription requests admitted (upload complete): decoding, queued or running",
             registry=self.registry,
+        )
+        self.uploads_in_progress = Gauge(
+            "sensevoice_uploads_in_progress", "request bodies being received", registry=self.registry
         )
         self.queue_depth = Gauge(
             "sensevoice_queue_depth",

@@ -14,7 +14,8 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -169,10 +170,13 @@ class Service:
         if not self.scheduler.healthy:
             return Unavailable("the inference worker died; restarting")
         if self.in_flight >= self.settings.max_queue:
-            return Overloaded(
-                f"server busy: {self.in_flight} requests in progress (limit {self.settings.max_queue})"
-            )
+            return self._busy()
         return None
+
+    def _busy(self) -> Overloaded:
+        return Overloaded(
+            f"server busy: {self.in_flight} requests in progress (limit {self.settings.max_queue})"
+        )
 
     def check_key(self, authorization: str | None) -> None:
         expected = self.settings.api_key
@@ -183,14 +187,31 @@ class Service:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
+    def check_accepting(self) -> None:
+        """Raise why a new request would be refused now (503: loading, draining, failed or busy)."""
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
+
     def admit(self) -> None:
-        """Take one of ``max_queue`` places for a transcription request (give it back with ``release``), or
-        refuse the request at once: 503, instead of queueing without bound."""
+        """Take one of ``max_queue`` places for a new transcription request (give it back with ``release``),
+        or refuse it at once: 503, instead of queueing without bound."""
         with self._lock:
-            refusal = self._refusal()
-            if refusal is not None:
-                raise refusal
+            self.check_accepting()
             self.in_flight += 1
+
+    @contextmanager
+    def inference_place(self) -> Iterator[None]:
+        """A place for a request whose upload is complete. It was accepted before any drain began, and a
+        drain finishes what it accepted: refused (503) only when all ``max_queue`` places are taken."""
+        with self._lock:
+            if self.in_flight >= self.settings.max_queue:
+                raise self._busy()
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         with self._lock:

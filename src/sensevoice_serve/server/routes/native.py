@@ -51,9 +51,10 @@ async def transcribe_files(
         settings.split_channels if split_channels is None else split_channels,
     )
     uploads = [(upload.filename or f"file{index}", upload.file) for index, upload in enumerate(files)]
-    entries = await asyncio.gather(
-        *(_file_entry(service, name, data, options, segmentation) for name, data in uploads)
-    )
+    with service.inference_place():
+        entries = await asyncio.gather(
+            *(_file_entry(service, name, data, options, segmentation) for name, data in uploads)
+        )
     return _native_response(entries)
 
 

@@ -30,7 +30,8 @@ async def openai_transcription(
     """OpenAI's audio transcription API (``prompt`` and ``temperature`` are accepted and ignored)."""
     settings = service.settings
     options = DecodeOptions((language or settings.language).lower(), settings.use_itn, settings.ban_emo_unk)
-    result, _ = await service.transcribe(
-        file.file, file.filename or "upload", options, service.default_segmentation()
-    )
+    with service.inference_place():
+        result, _ = await service.transcribe(
+            file.file, file.filename or "upload", options, service.default_segmentation()
+        )
     return openai_format.render(result, response_format, timestamp_granularities)
