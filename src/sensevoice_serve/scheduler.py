@@ -157,8 +157,9 @@ class Scheduler:
             except BaseException as error:
                 self._alive = False
                 logger.exception("the inference worker died; restarting it")
+                # The type only: the traceback is in the log, not for clients.
                 failure = InferenceWorkerDied(
-                    f"the inference worker failed ({error!r}); it has been restarted"
+                    f"the inference worker failed ({type(error).__name__}); it has been restarted"
                 )
                 for request in self._held:
                     self._finish(request, failure)

@@ -58,7 +58,8 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.listen_fd is not None:
         from .supervisor import exit_with_supervisor
 
-        exit_with_supervisor(args.lifeline_fd)
+        if args.lifeline_fd is not None:
+            exit_with_supervisor(args.lifeline_fd)
         from .runner import serve
 
         return serve(settings, socket.socket(fileno=args.listen_fd))
