@@ -14,6 +14,8 @@ from sensevoice_serve.random_checkpoint import write_tokenizer
 from sensevoice_serve.tokenizer import EMOTION_TAGS, EVENT_TAGS, LANGUAGE_TAGS, Tokenizer
 
 WIDTH = 32
+# The decoder must not build autograd graphs whoever calls it (torch warns when it does).
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,33 @@ def test_padding_frames_are_never_decoded(tokenizer: Tokenizer) -> None:
 def test_unknown_language_is_a_clear_error() -> None:
     with pytest.raises(InvalidOption, match="unsupported language 'fr'"):
         DecodeOptions(language="fr")
+
+
+def test_hotwords_find_the_second_best_path_and_keep_tags_and_times(tokenizer: Tokenizer) -> None:
+    a, b, x, y = (tokenizer._sp.PieceToId(piece) for piece in "abxy")
+    tags = [tokenizer.languages["en"], tokenizer.emotions["HAPPY"], tokenizer.events["Speech"]]
+    query_frames = [(tag, 20.0) for tag in (*tags, tokenizer.textnorms["withitn"])]
+    text_frames = [[(x, 12.0), (a, 11.6)], (0, 16.0), [(y, 12.0), (b, 11.6)], (0, 16.0)]
+    head, encoded, lengths = scripted_batch([query_frames + text_frames], tokenizer.vocab_size)
+    decoder = CTCDecoder(head, tokenizer)
+
+    def decode(options: DecodeOptions):
+        return decoder.decode(encoded, lengths, [options], [10.0], [1.0])[0]
+
+    greedy = decode(DecodeOptions())
+    assert greedy.text == "xy"
+    assert decode(DecodeOptions(beam_size=4)).text == "xy"
+    boosted = decode(DecodeOptions(beam_size=4, hotwords=["ab"]))
+    assert boosted.text == "ab"
+    assert boosted.raw_text == "<|en|><|HAPPY|><|Speech|><|withitn|>ab"
+    assert [(t.text, t.start, t.end) for t in boosted.tokens] == [("a", 10.0, 10.06), ("b", 10.12, 10.18)]
+    tags = ("language", "emotion", "emotion_prob", "event", "itn")
+    assert [getattr(boosted, t) for t in tags] == [getattr(greedy, t) for t in tags]
+
+
+def test_prepare_reports_hotwords_the_model_cannot_write(tokenizer: Tokenizer) -> None:
+    head, encoded, lengths = scripted_batch([[(tokenizer.languages["en"], 9.0)]], tokenizer.vocab_size)
+    decoder = CTCDecoder(head, tokenizer)
+    options = DecodeOptions(beam_size=2, hotwords=["Ωμέγα", "ab"])
+    assert decoder.prepare(options) == ["hotword 'Ωμέγα' skipped: the model cannot write 'Ωμέγα'"]
+    assert decoder.decode(encoded, lengths, [options], [0.0], [1.0])[0].raw_text == "<|en|>"

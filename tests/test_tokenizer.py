@@ -56,3 +56,11 @@ def test_not_a_tokenizer(tmp_path: Path) -> None:
         Tokenizer(bogus)
     with pytest.raises(ModelLoadError, match="tokenizer not found"):
         Tokenizer(tmp_path / "missing.model")
+
+
+def test_encode_at_a_word_start_or_glued_to_the_text_before(tokenizer: Tokenizer) -> None:
+    start, glued = tokenizer.encode("ab张三", True), tokenizer.encode("ab张三", False)
+    assert [tokenizer.piece(t) for t in start] == ["\u2581", "a", "b", "张", "三"]
+    assert [tokenizer.piece(t) for t in glued] == ["a", "b", "张", "三"]
+    assert tokenizer.decode(glued) == "ab张三"
+    assert tokenizer.encode("Ω", False) == [tokenizer.unk_id]

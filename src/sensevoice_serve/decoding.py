@@ -1,13 +1,26 @@
-"""Greedy CTC over a padded batch, and the parse of SenseVoice's tags into a Segment."""
+"""CTC decoding of a padded batch (greedy, or prefix beam search with hotwords) and the parse of
+SenseVoice's tags into a Segment."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .beam_search import FrameCandidates, Hypothesis, prefix_beam_search
 from .errors import InvalidOption
+from .hotwords import (
+    DEFAULT_HOTWORD_SCORE,
+    ContextGraph,
+    Hotword,
+    compile_hotwords,
+    parse_hotwords,
+    stack_graphs,
+)
 from .model import LANGUAGE_QUERY, NUM_QUERY_FRAMES, CTCHead
 from .results import Segment, Token
 from .tokenizer import UNKNOWN_EMOTION, Tokenizer
@@ -15,19 +28,37 @@ from .tokenizer import UNKNOWN_EMOTION, Tokenizer
 FRAME_SECONDS = 0.06  # one LFR frame: 6 fbank frames of 10 ms
 BLANK_ID = 0
 LOGIT_ROWS_PER_CHUNK = 4096  # bounds the float32 (rows x vocab) logits held at once
+MAX_BEAM_SIZE = 16
+CACHED_HOTWORD_GRAPHS = 8
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    """How one utterance is decoded. ``beam_size`` 1 is greedy; hotwords need a beam (2 or more).
+
+    ``hotwords`` takes phrases (``"ComfyUI"``, ``"ComfyUI:3.0"`` with its own boost) or ``Hotword`` pairs and
+    holds them checked, as ``Hotword`` pairs with ``hotword_score`` filled in where no boost was given.
+    """
+
     language: str = "auto"
     use_itn: bool = True
     ban_emo_unk: bool = False
+    beam_size: int = 1
+    hotwords: tuple[Hotword, ...] = ()
+    hotword_score: float = DEFAULT_HOTWORD_SCORE
 
     def __post_init__(self) -> None:
         if self.language not in LANGUAGE_QUERY:
             raise InvalidOption(
                 f"unsupported language {self.language!r}: choose one of {', '.join(LANGUAGE_QUERY)}"
             )
+        if isinstance(self.beam_size, bool) or not isinstance(self.beam_size, int):
+            raise InvalidOption(f"beam_size must be a whole number, not {self.beam_size!r}")
+        if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise InvalidOption(f"beam_size must be from 1 (greedy) to {MAX_BEAM_SIZE}, not {self.beam_size}")
+        object.__setattr__(self, "hotwords", parse_hotwords(self.hotwords, self.hotword_score))
+        if self.hotwords and self.beam_size == 1:
+            raise InvalidOption("hotwords need beam search: set beam_size to 2 or more (4 is a good start)")
 
 
 @dataclass
@@ -39,28 +70,73 @@ class Spike:
     last_frame: int
 
 
-def ctc_argmax(
-    ctc: CTCHead, encoded: torch.Tensor, lengths: torch.Tensor, banned: Sequence[int | None]
-) -> list[torch.Tensor]:
-    """Best token per valid frame of each utterance (padding frames are never scored).
+@dataclass
+class BatchScores:
+    """What decoding needs from a batch's encoder output, on the CPU: once it exists the device is free
+    for the next forward, and ``CTCDecoder.finish`` turns it into Segments."""
+
+    spikes: list[list[Spike]]  # greedy; for a beam-searched utterance, only its query frames'
+    emotion_probs: list[float | None]  # of the first emotion tag among those spikes
+    candidates: list[FrameCandidates | None]  # text frames' top-k, for beam-searched utterances
+
+
+def score_frames(
+    ctc: CTCHead,
+    encoded: torch.Tensor,
+    lengths: torch.Tensor,
+    banned: Sequence[int | None],
+    top_k: Sequence[int],
+) -> tuple[list[torch.Tensor], list[FrameCandidates | None]]:
+    """Best token per valid frame of each utterance (padding frames are never scored) and, where
+    ``top_k[i]`` > 0, the blank and top-k log-probabilities of utterance i's text frames.
 
     ``banned[i]`` is a token id utterance i may not emit (ban_emo_unk), or None.
     """
-    lengths_list = lengths.tolist()
-    valid = torch.arange(encoded.shape[1], device=encoded.device)[None, :] < lengths[:, None]
+    lengths_list, device = lengths.tolist(), encoded.device
+    positions = torch.arange(encoded.shape[1], device=device)[None, :].expand(len(lengths_list), -1)
+    valid = positions < lengths.to(device)[:, None]
     frames = encoded[valid]
-    banned_per_frame = torch.repeat_interleave(
-        torch.tensor([-1 if b is None else b for b in banned], device=encoded.device),
-        lengths.to(encoded.device),
-    )
-    best = []
+
+    def per_frame(values: list[int]) -> torch.Tensor:
+        return torch.repeat_interleave(torch.tensor(values, device=device), lengths.to(device))
+
+    banned_per_frame = per_frame([-1 if b is None else b for b in banned])
+    searched = (per_frame(list(top_k)) > 0) & (positions[valid] >= NUM_QUERY_FRAMES)
+    k = max(top_k, default=0)
+    best, searched_scores = [], []
     for start in range(0, frames.shape[0], LOGIT_ROWS_PER_CHUNK):
-        logits = ctc.logits(frames[start : start + LOGIT_ROWS_PER_CHUNK])
-        ban = banned_per_frame[start : start + LOGIT_ROWS_PER_CHUNK]
+        chunk = slice(start, start + LOGIT_ROWS_PER_CHUNK)
+        logits = ctc.logits(frames[chunk])
+        ban = banned_per_frame[chunk]
         rows = torch.nonzero(ban >= 0).squeeze(1)
         logits[rows, ban[rows]] = float("-inf")
         best.append(logits.argmax(dim=-1))
-    return list(torch.cat(best).cpu().split(lengths_list))
+        if k:
+            log_probs = torch.log_softmax(logits[searched[chunk]], dim=-1)
+            values, ids = log_probs.topk(k, dim=-1)
+            searched_scores.append(torch.cat([log_probs[:, BLANK_ID, None], values, ids.double()], dim=1))
+    best_paths = list(torch.cat(best).cpu().split(lengths_list))
+    if not k:
+        return best_paths, [None] * len(lengths_list)
+    counts = [max(n - NUM_QUERY_FRAMES, 0) if kk else 0 for n, kk in zip(lengths_list, top_k, strict=True)]
+    scores = torch.cat(searched_scores).cpu().double().numpy()
+    candidates: list[FrameCandidates | None] = []
+    for rows, kk in zip(np.split(scores, np.cumsum(counts)[:-1]), top_k, strict=True):
+        candidates.append(
+            FrameCandidates(
+                NUM_QUERY_FRAMES, rows[:, 0], rows[:, 1 + k :].astype(np.int64), rows[:, 1 : 1 + k]
+            )
+            if kk
+            else None
+        )
+    return best_paths, candidates
+
+
+def ctc_argmax(
+    ctc: CTCHead, encoded: torch.Tensor, lengths: torch.Tensor, banned: Sequence[int | None]
+) -> list[torch.Tensor]:
+    """Best token per valid frame of each utterance: greedy decoding's path."""
+    return score_frames(ctc, encoded, lengths, banned, [0] * len(banned))[0]
 
 
 def collapse(best: torch.Tensor) -> list[Spike]:
@@ -88,6 +164,13 @@ class CTCDecoder:
         self.unknown_emotion_id = tokenizer.emotions.get(UNKNOWN_EMOTION)
         self.emotion_names = list(tokenizer.emotions)
         self.emotion_rows = torch.tensor(list(tokenizer.emotions.values()), dtype=torch.long)
+        self._graphs: OrderedDict[tuple[Hotword, ...], ContextGraph] = OrderedDict()
+        self._graphs_lock = threading.Lock()
+
+    def prepare(self, options: DecodeOptions) -> list[str]:
+        """Compile (and cache) the options' hotwords before their audio is decoded, so a batch never
+        waits for it; returns why phrases were skipped, for the caller to pass on as warnings."""
+        return list(self._hotword_graph(options.hotwords).skipped)
 
     def decode(
         self,
@@ -97,21 +180,89 @@ class CTCDecoder:
         offsets: Sequence[float],
         durations: Sequence[float],
     ) -> list[Segment]:
+        return self.finish(self.score(encoded, lengths, options), options, offsets, durations)
+
+    @torch.inference_mode()
+    def score(
+        self, encoded: torch.Tensor, lengths: torch.Tensor, options: Sequence[DecodeOptions]
+    ) -> BatchScores:
+        """The device's part of decoding: CTC scores of every frame, reduced to what ``finish`` needs."""
         banned = [self.unknown_emotion_id if o.ban_emo_unk else None for o in options]
-        best_paths = ctc_argmax(self.ctc, encoded, lengths, banned)
-        segments = []
+        top_k = [0 if o.beam_size == 1 else o.beam_size for o in options]
+        best_paths, candidates = score_frames(self.ctc, encoded, lengths, banned, top_k)
+        scores = BatchScores([], [], candidates)
         for index, best in enumerate(best_paths):
-            spikes = collapse(best)
-            segment = self._segment(spikes, offsets[index], durations[index])
+            spikes = collapse(best if top_k[index] == 0 else best[:NUM_QUERY_FRAMES])
             emotion_spike = next(
-                (s for s in spikes if self.tokenizer.tag_name(s.token_id) == segment.emotion), None
+                (s for s in spikes if self.tokenizer.tag_name(s.token_id) in self.emotion_names), None
             )
-            if emotion_spike is not None and segment.emotion is not None:
-                segment.emotion_prob = self._emotion_probability(
-                    encoded[index, emotion_spike.first_frame], segment.emotion, options[index].ban_emo_unk
+            scores.spikes.append(spikes)
+            scores.emotion_probs.append(
+                None
+                if emotion_spike is None
+                else self._emotion_probability(
+                    encoded[index, emotion_spike.first_frame],
+                    self.tokenizer.tag_name(emotion_spike.token_id),
+                    options[index].ban_emo_unk,
                 )
+            )
+        return scores
+
+    def finish(
+        self,
+        scores: BatchScores,
+        options: Sequence[DecodeOptions],
+        offsets: Sequence[float],
+        durations: Sequence[float],
+    ) -> list[Segment]:
+        """The CPU's part: beam search where asked, tags, tokens and their times."""
+        searched = self._beam_search(scores.candidates, options)
+        segments = []
+        for index, spikes in enumerate(scores.spikes):
+            hypothesis = searched.get(index)
+            if hypothesis is not None:
+                spikes = spikes + [
+                    Spike(*emission)
+                    for emission in zip(
+                        hypothesis.tokens, hypothesis.first_frames, hypothesis.last_frames, strict=True
+                    )
+                ]
+            segment = self._segment(spikes, offsets[index], durations[index])
+            emotion_tags = (self.tokenizer.tag_name(s.token_id) for s in scores.spikes[index])
+            if segment.emotion is not None and segment.emotion in emotion_tags:
+                segment.emotion_prob = scores.emotion_probs[index]
             segments.append(segment)
         return segments
+
+    def _beam_search(
+        self, candidates: list[FrameCandidates | None], options: Sequence[DecodeOptions]
+    ) -> dict[int, Hypothesis]:
+        """One search over every beam-decoded utterance of the batch, each with its own width and hotwords."""
+        indices = [i for i, c in enumerate(candidates) if c is not None]
+        if not indices:
+            return {}
+        hotword_lists = list(dict.fromkeys(options[i].hotwords for i in indices))
+        graph, roots = None, None
+        if any(hotword_lists):
+            graph, offsets = stack_graphs([self._hotword_graph(h) for h in hotword_lists])
+            roots = np.array([offsets[hotword_lists.index(options[i].hotwords)] for i in indices])
+        hypotheses = prefix_beam_search(
+            [candidates[i] for i in indices], [options[i].beam_size for i in indices], graph, roots
+        )
+        return dict(zip(indices, hypotheses, strict=True))
+
+    def _hotword_graph(self, hotwords: tuple[Hotword, ...]) -> ContextGraph:
+        with self._graphs_lock:
+            graph = self._graphs.get(hotwords)
+            if graph is not None:
+                self._graphs.move_to_end(hotwords)
+                return graph
+        graph = compile_hotwords(hotwords, self.tokenizer)
+        with self._graphs_lock:
+            self._graphs[hotwords] = graph
+            while len(self._graphs) > CACHED_HOTWORD_GRAPHS:
+                self._graphs.popitem(last=False)
+        return graph
 
     def _segment(self, spikes: list[Spike], offset: float, duration: float) -> Segment:
         tokenizer = self.tokenizer

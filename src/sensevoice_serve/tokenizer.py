@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as spm_model
 
 from .errors import ModelLoadError
 
@@ -51,6 +52,8 @@ class Tokenizer:
         except (OSError, RuntimeError) as error:
             raise ModelLoadError(f"{self.path} is not a sentencepiece model: {error}") from error
         self.vocab_size = self._sp.GetPieceSize()
+        self.unk_id = self._sp.unk_id()
+        self._glued = _without_word_start(self.path.read_bytes())
         self.languages = self._lookup(LANGUAGE_TAGS)
         self.emotions = self._lookup(EMOTION_TAGS)
         self.events = self._lookup(EVENT_TAGS)
@@ -73,6 +76,11 @@ class Tokenizer:
         if missing:
             raise ModelLoadError(f"{self.path} lacks SenseVoice tags {', '.join(missing)}")
 
+    def encode(self, text: str, word_start: bool = True) -> list[int]:
+        """Token ids of ``text`` at the start of a word (after a space, or first in the utterance), or glued
+        to the text before it (inside a Chinese sentence, where there are no spaces)."""
+        return (self._sp if word_start else self._glued).EncodeAsIds(text)
+
     def decode(self, token_ids: list[int]) -> str:
         return self._sp.DecodeIds(token_ids)
 
@@ -81,6 +89,16 @@ class Tokenizer:
 
     def tag_name(self, token_id: int) -> str | None:
         return self._tag_names.get(token_id)
+
+
+def _without_word_start(model: bytes) -> spm.SentencePieceProcessor:
+    """The same model without the word-start mark sentencepiece puts before every text it encodes."""
+    proto = spm_model.ModelProto()
+    proto.ParseFromString(model)
+    proto.normalizer_spec.add_dummy_prefix = False
+    processor = spm.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(proto.SerializeToString())
+    return processor
 
 
 def strip_tags(text: str) -> str:
