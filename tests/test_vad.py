@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import soundfile as sf
 import torch
 
 from sensevoice_serve.errors import InvalidOption
+from sensevoice_serve.silero import shipped_model_path
 from sensevoice_serve.vad import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
@@ -159,8 +159,7 @@ def test_batched_probabilities_match_the_shipped_model_stepwise(detector, speech
     """Our batched evaluation reproduces silero's own TorchScript model, window by window."""
     speech = speech_clips["zh_sample.wav", 0]
     speech = speech[: len(speech) // WINDOW_SAMPLES * WINDOW_SAMPLES]
-    package_dir = Path(next(iter(importlib.util.find_spec("silero_vad").submodule_search_locations)))
-    scripted = torch.jit.load(str(package_dir / "data" / "silero_vad.jit"), map_location="cpu").eval()
+    scripted = torch.jit.load(str(shipped_model_path()), map_location="cpu").eval()
     with torch.inference_mode():
         expected = [
             scripted(window.unsqueeze(0), SAMPLE_RATE).item()
