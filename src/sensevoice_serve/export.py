@@ -113,7 +113,6 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     import torch
 
     from .checkpoint import load_model, resolve_model
-    from .model import language_row, textnorm_row
     from .tokenizer import Tokenizer
 
     files = resolve_model(model_dir)
@@ -124,32 +123,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     output.mkdir(parents=True, exist_ok=True)
     model_path = output / MODEL_FILENAME
 
-    graph = sherpa_graph(model)
-    # Two utterances of different lengths, so tracing sees real padding and keeps batch and time dynamic.
-    example = (
-        torch.randn(2, 100, files.frontend.feature_dim),
-        torch.tensor([80, 100], dtype=torch.int32),
-        torch.tensor([language_row("auto"), language_row("zh")], dtype=torch.int32),
-        torch.tensor([textnorm_row(True), textnorm_row(False)], dtype=torch.int32),
-    )
-    dynamic_axes = {name: {0: "N"} for name in INPUT_NAMES}
-    dynamic_axes["x"] = {0: "N", 1: "T"}
-    dynamic_axes["logits"] = {0: "N", 1: "T"}
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript exporter warns about every traced shape computation; they are all intended.
-        warnings.simplefilter("ignore")
-        # The TorchScript exporter writes one self-contained file (the model is < 2 GB), which is what
-        # sherpa-onnx loads; the dynamo exporter would also need onnxscript.
-        torch.onnx.export(
-            graph,
-            example,
-            str(model_path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
-            dynamic_axes=dynamic_axes,
-        )
+    _trace(sherpa_graph(model), files.frontend.feature_dim, model_path)
 
     proto = onnx.load(str(model_path))
     del proto.metadata_props[:]
@@ -171,6 +145,38 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     tokens_path = output / TOKENS_FILENAME
     write_tokens(tokenizer, tokens_path)
     return ExportedModel(model_path, int8_path, tokens_path, files.random_weights)
+
+
+def _trace(graph: nn.Module, feature_dim: int, path: Path) -> None:
+    import torch
+
+    from .model import language_row, textnorm_row
+
+    # Two utterances of different lengths, so tracing sees real padding and keeps batch and time dynamic.
+    example = (
+        torch.randn(2, 100, feature_dim),
+        torch.tensor([80, 100], dtype=torch.int32),
+        torch.tensor([language_row("auto"), language_row("zh")], dtype=torch.int32),
+        torch.tensor([textnorm_row(True), textnorm_row(False)], dtype=torch.int32),
+    )
+    dynamic_axes = {name: {0: "N"} for name in INPUT_NAMES}
+    dynamic_axes["x"] = {0: "N", 1: "T"}
+    dynamic_axes["logits"] = {0: "N", 1: "T"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns about every traced shape computation; they are all intended.
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter writes one self-contained file (the model is < 2 GB), which is what
+        # sherpa-onnx loads; the dynamo exporter would also need onnxscript.
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes=dynamic_axes,
+        )
 
 
 def register(commands: argparse._SubParsersAction) -> None:
