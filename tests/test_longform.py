@@ -6,8 +6,6 @@ with the tiny random checkpoint: its text means nothing, but its segment and tok
 
 from __future__ import annotations
 
-import errno
-import io
 import json
 import math
 import os
@@ -22,7 +20,6 @@ import soundfile as sf
 
 from sensevoice_serve.cli import main
 from sensevoice_serve.decoding import DecodeOptions
-from sensevoice_serve.errors import AudioDecodeError
 from sensevoice_serve.longform import SegmentationOptions, transcribe_sources
 from sensevoice_serve.pipeline import SenseVoice
 from sensevoice_serve.results import Transcription
@@ -209,30 +206,6 @@ def test_cli_subtitles_label_each_speaker(tiny_model_dir: Path, conversation, tm
     assert [start for start, _, _ in cues] == sorted(start for start, _, _ in cues)
 
 
-# Failure handling of the decoding thread.
-
-
-def test_an_error_of_the_sources_themselves_is_raised_not_hung_on(tiny_engine: SenseVoice) -> None:
-    def sources():
-        yield 0, shared_audio("zh_sample.wav")
-        raise RuntimeError("the listing broke")
-
-    raised: list[BaseException] = []
-
-    def transcribe() -> None:
-        options = (DecodeOptions(), SegmentationOptions())
-        try:
-            list(transcribe_sources(tiny_engine, sources(), *options, max_batch_frames=3000))
-        except BaseException as error:
-            raised.append(error)
-
-    caller = threading.Thread(target=transcribe, daemon=True)
-    caller.start()
-    caller.join(timeout=60)
-    assert not caller.is_alive(), "the caller hangs after the decoding thread died"
-    assert len(raised) == 1 and isinstance(raised[0], RuntimeError)
-
-
 def test_stopping_early_stops_the_decoding_thread(tiny_engine: SenseVoice, long_recording) -> None:
     path, _ = long_recording
     # Four long files queue far more segments than the hand-over holds: the decoder is mid-way when we stop.
@@ -246,113 +219,6 @@ def test_stopping_early_stops_the_decoding_thread(tiny_engine: SenseVoice, long_
     assert next(outcomes).result is not None
     outcomes.close()
     assert not [thread for thread in threading.enumerate() if thread.name == DECODING_THREAD]
-
-
-class _FailingDisk(io.RawIOBase):
-    """A seekable file whose reads fail as a dying disk's do."""
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return 1000 if whence == io.SEEK_END else 0
-
-    def tell(self) -> int:
-        return 0
-
-    def readinto(self, buffer) -> int:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-
-def test_an_unreadable_input_fails_alone(tiny_engine: SenseVoice) -> None:
-    sources = [(0, _FailingDisk()), (1, shared_audio("zh_sample.wav"))]
-    outcomes = {
-        outcome.key: outcome
-        for outcome in transcribe_sources(
-            tiny_engine, sources, DecodeOptions(), SegmentationOptions(), max_batch_frames=3000
-        )
-    }
-    assert isinstance(outcomes[0].error, AudioDecodeError)
-    assert os.strerror(errno.EIO) in str(outcomes[0].error)
-    assert outcomes[1].error is None and outcomes[1].result.segments
-
-
-class _DyingShare(io.RawIOBase):
-    """A real recording whose reads raise ValueError from ``fail_at`` on: an error no decoder expects."""
-
-    def __init__(self, data: bytes, fail_at: int) -> None:
-        self._data = io.BytesIO(data)
-        self._fail_at = fail_at
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._data.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._data.tell()
-
-    def readinto(self, buffer) -> int:
-        room = self._fail_at - self._data.tell()
-        if room <= 0:
-            raise ValueError("the share went away")
-        chunk = self._data.read(min(len(buffer), room))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
-def test_any_error_of_one_input_is_its_own(tiny_engine: SenseVoice, caplog: pytest.LogCaptureFixture) -> None:
-    good = {name: shared_audio(name) for name in ("jfk.flac", "zh_sample.wav", "multilingual.mp3")}
-    data = good["multilingual.mp3"].read_bytes()
-    # Fails three quarters into a 60 s file, after some of its segments have been handed over.
-    bad = {"dying share": _DyingShare(data, fail_at=3 * len(data) // 4), "not an input": 123}
-    options = (DecodeOptions(), SegmentationOptions())
-
-    def outcomes(sources) -> dict:
-        return {o.key: o for o in transcribe_sources(tiny_engine, sources, *options, max_batch_frames=3000)}
-
-    mixed = outcomes([*bad.items(), *good.items()])
-    alone = outcomes(good.items())
-
-    assert set(mixed) == {*bad, *good}
-    for name in good:
-        assert mixed[name].error is None
-        segments = [(s.start, s.end, [t.id for t in s.tokens]) for s in mixed[name].result.segments]
-        assert segments == [(s.start, s.end, [t.id for t in s.tokens]) for s in alone[name].result.segments]
-    dying, not_an_input = mixed["dying share"].error, mixed["not an input"].error
-    assert isinstance(dying, AudioDecodeError) and isinstance(dying.__cause__, ValueError)
-    assert "ValueError" in str(dying) and "the share went away" in str(dying)
-    assert isinstance(not_an_input, AudioDecodeError) and "TypeError" in str(not_an_input)
-    assert mixed["not an input"].source == "<int>"
-    logged = [record for record in caplog.records if record.exc_info and record.levelname == "WARNING"]
-    assert {type(record.exc_info[1]) for record in logged} == {ValueError, TypeError}
-
-
-def test_keys_must_be_unique(tiny_engine: SenseVoice) -> None:
-    recording = shared_audio("zh_sample.wav")
-    outcomes = transcribe_sources(
-        tiny_engine,
-        [("same", recording), ("same", recording)],
-        DecodeOptions(),
-        SegmentationOptions(),
-        max_batch_frames=3000,
-    )
-    with pytest.raises(ValueError, match="given twice"):
-        list(outcomes)
-
-
-def test_a_path_given_twice_is_transcribed_twice(tiny_model_dir: Path, tmp_path: Path) -> None:
-    recording = str(shared_audio("zh_sample.wav"))
-    flags = ["--format", "txt", "--output-dir", str(tmp_path)]
-    assert main(["transcribe", "--model", str(tiny_model_dir), *flags, recording, recording]) == 0
-    assert len(list(tmp_path.iterdir())) == 2
 
 
 # Memory: a 2-hour file must not need much more than a 10-minute one.

@@ -215,15 +215,8 @@ def _hand_over_input(
     except _Stopped:
         raise
     except Exception as error:
-        label = _source_label(source)
+        label = _label(source)
         handoff.put(_Failed(key, label, _input_error(error, label)))
-
-
-def _source_label(source: AudioInput) -> str:
-    try:
-        return _label(source)
-    except Exception:  # not an input type we know: its error says so
-        return f"<{type(source).__name__}>"
 
 
 def _input_error(error: Exception, label: str) -> SenseVoiceError:
