@@ -167,6 +167,18 @@ def speech() -> np.ndarray:
     return np.concatenate([decode_audio(shared_audio(name)).samples for name in names])
 
 
+@contextlib.contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """The processes frozen (SIGSTOP) while the block runs: work sent to them waits, deterministically."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 60) -> None:
     """Poll until ``condition()`` holds: tests wait for the state they need, never for a fixed time."""
     deadline = time.monotonic() + timeout
@@ -185,7 +197,8 @@ class RawUpload:
         self.body = encoded.read()
         self.sent = 0
         head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(self.body)}"]
-        head += [f"Content-Type: {encoded.headers['Content-Type']}"]
+        self.content_type = encoded.headers["Content-Type"]
+        head += [f"Content-Type: {self.content_type}"]
         head += [f"{name}: {value}" for name, value in server.headers.items()]
         port = int(server.url.rsplit(":", 1)[1])
         self.socket = socket.create_connection(("127.0.0.1", port), timeout=60)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from ..audio_fixtures import write_video_only
 from ..conftest import shared_audio
-from .conftest import LiveServer, RawUpload, launch, trickle, wait_ready, wait_until, wav
+from .conftest import LiveServer, RawUpload, launch, stopped, trickle, wait_ready, wait_until, wav
 
 openai = pytest.importorskip("openai")
 
@@ -104,18 +102,6 @@ def test_request_timeout_counts_from_the_end_of_the_upload(strict: LiveServer, s
     assert "3 s timeout" in response.json()["error"]["message"]
     assert strict.transcribe(clip).status_code == 200
     assert strict.metric("sensevoice_requests_in_progress") == 0
-
-
-@contextlib.contextmanager
-def stopped(pids: list[int]) -> Iterator[None]:
-    """The processes frozen (SIGSTOP) while the block runs: work sent to them waits, deterministically."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")

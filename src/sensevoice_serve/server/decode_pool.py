@@ -16,24 +16,22 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import shutil
 import tempfile
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from ..decoding import DecodeOptions
 from ..errors import DecodeWorkerDied
 from ..longform import SegmentationOptions, default_detector, stream_utterances
+from .uploads import UploadedFile
 
 logger = logging.getLogger(__name__)
-UPLOAD_COPY_BYTES = 1 << 20
 
 
 @dataclass
@@ -119,7 +117,6 @@ class DecodePool:
         self._lock = threading.Lock()
         # Files of uploads in flight; removed with the pool, so a worker that died mid-write leaves nothing.
         self._spill_dir = tempfile.TemporaryDirectory(prefix=f"sensevoice-uploads-{os.getpid()}-")
-        self._copier = ThreadPoolExecutor(max(2, workers), thread_name_prefix="upload-copy")
         self._executor, self._started = self._start()
 
     def _start(self) -> tuple[ProcessPoolExecutor, list[Future]]:
@@ -138,40 +135,33 @@ class DecodePool:
         for future in wait(self._started).done:
             future.result()
 
-    async def decode(
-        self, data: bytes | BinaryIO, max_duration: float, options: SegmentationOptions
-    ) -> DecodedUpload:
-        """Decode an upload (its bytes, or its file from the start) in a worker."""
-        # The worker reads the upload from a file rather than a pickled copy through its pipe. The file is
-        # made here, so that it goes even when the request is cancelled while the copy is still running.
-        handle, upload_path = tempfile.mkstemp(dir=self._spill_dir.name, suffix=".upload")
-        try:
-            try:
-                copy = self._copier.submit(_write_upload, handle, data)
-            except BaseException:
-                os.close(handle)
-                raise
-            try:
-                await asyncio.wrap_future(copy)
-            except asyncio.CancelledError:
-                if copy.cancel():  # it had not started, so the handle is still ours to close
-                    os.close(handle)
-                raise
-            return await self._decode_file(upload_path, upload_path + ".f32", max_duration, options)
-        finally:
-            os.unlink(upload_path)  # a worker or copy still using it keeps its open file
+    @property
+    def upload_dir(self) -> str:
+        """Where uploads are written for the workers to read; removed with the pool."""
+        return self._spill_dir.name
 
-    async def _decode_file(
-        self, upload_path: str, spill_path: str, max_duration: float, options: SegmentationOptions
+    async def decode(
+        self, upload: bytes | UploadedFile, max_duration: float, options: SegmentationOptions
     ) -> DecodedUpload:
+        """Decode an upload (its bytes, or its file in ``upload_dir``) in a worker. The pool takes the file
+        over and removes it once the worker is done with it, whatever becomes of the request."""
+        if not isinstance(upload, UploadedFile):
+            upload = self._store(upload)
+        upload.handed_over = True
+        spill_path = f"{upload.path}.f32"
         executor = self._executor
-        arguments = (upload_path, max_duration, options, spill_path)
+        arguments = (str(upload.path), max_duration, options, spill_path)
         try:
-            future = executor.submit(decode_upload, *arguments)
-        except BrokenProcessPool:  # broken before this upload got there: it is not the cause
-            self._replace(executor)
-            executor = self._executor
-            future = executor.submit(decode_upload, *arguments)
+            try:
+                future = executor.submit(decode_upload, *arguments)
+            except BrokenProcessPool:  # broken before this upload got there: it is not the cause
+                self._replace(executor)
+                executor = self._executor
+                future = executor.submit(decode_upload, *arguments)
+        except BaseException:
+            upload.remove()
+            raise
+        future.add_done_callback(lambda _: upload.remove())
         try:
             spilled = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -191,6 +181,17 @@ class DecodePool:
             raise
         return spilled.load()
 
+    def _store(self, data: bytes) -> UploadedFile:
+        """Bytes handed over without HTTP (``bench``) become a file like an upload's."""
+        upload = UploadedFile(self.upload_dir, "upload")
+        try:
+            upload.write(data)
+            upload.close()
+        except BaseException:
+            upload.remove()
+            raise
+        return upload
+
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Rebuild the pool once, however many requests saw it break."""
         with self._lock:
@@ -201,14 +202,4 @@ class DecodePool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._copier.shutdown(wait=True)
         self._spill_dir.cleanup()
-
-
-def _write_upload(handle: int, data: bytes | BinaryIO) -> None:
-    with open(handle, "wb") as file:
-        if isinstance(data, bytes | bytearray):
-            file.write(data)
-        else:
-            data.seek(0)
-            shutil.copyfileobj(data, file, UPLOAD_COPY_BYTES)

@@ -2,23 +2,24 @@
 slow upload holds nothing but its own connection.
 
 For every ``/v1/`` call: the API key. For a transcription request (``work_paths``), before its body is read:
-the declared size (413), whether the server takes work now (503 when loading, draining or busy) and an upload
-place (503 beyond ``max_uploads``). While the body streams in: its size counted (413), and its pace: an upload
-that stalls for ``upload_idle_timeout_seconds``, or averages under ``upload_min_rate_kb`` beyond that grace,
-gets 408. Uploads hold no inference place: the route takes one once its upload is complete. From then on the
-request timeout runs (504), and a client that goes away cancels the request's work.
+the declared size (413), whether the server takes work now (503 when loading, draining or busy), room for
+that size in the uploads' temp space (503) and an upload place (503 beyond ``max_uploads``). While the body
+streams in: its size, counted (413), and its pace: an upload that stalls for ``upload_idle_timeout_seconds``,
+or averages under ``upload_min_rate_kb`` beyond that grace, gets 408. Uploads hold no inference place: the
+route takes one once its upload is complete. From then on the request timeout runs (504), and a client that
+goes away cancels the request's work. An answer sent before the whole body came closes the connection.
 
-An ASGI middleware rather than FastAPI dependencies: FastAPI reads the whole multipart body before it runs
-any dependency, and a refusal that comes after a 200 MB upload protects nothing.
+An ASGI middleware, so that these hold whatever a route does with the body, and cost nothing when refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Overloaded, RequestTimeout, SenseVoiceError, UploadTimeout, UploadTooLarge
@@ -47,8 +48,9 @@ class RequestGate:
         try:
             self.service.check_key(headers.get("authorization"))
             if is_work:
-                self._check_declared_size(headers.get("content-length"))
+                declared = self._declared_size(headers.get("content-length"))
                 self.service.check_accepting()
+                self.service.upload_space.check_room(declared)
                 self._check_upload_places()
         except SenseVoiceError as error:
             await sensevoice_error_response(error, close=is_work)(scope, receive, send)
@@ -65,10 +67,12 @@ class RequestGate:
     def _too_large(self) -> UploadTooLarge:
         return UploadTooLarge(f"the upload is larger than the {self.settings.max_upload_mb:g} MB limit")
 
-    def _check_declared_size(self, content_length: str | None) -> None:
+    def _declared_size(self, content_length: str | None) -> int:
+        """The body's size by its Content-Length (0 when not given); 413 when over the limit."""
         declared = int(content_length) if content_length is not None and content_length.isdigit() else 0
         if declared > self.settings.max_upload_mb * 1024 * 1024:
             raise self._too_large()
+        return declared
 
     def _check_upload_places(self) -> None:
         if self.uploading >= self.settings.max_uploads:
@@ -113,13 +117,11 @@ class _WorkRequest:
             message = await asyncio.wait_for(self.receive(), max(within, 0))
         except asyncio.TimeoutError:
             self._upload_done()
-            # FastAPI passes an HTTPException raised while it reads the form on to the handlers; any other
-            # exception would become a generic 400.
-            raise HTTPException(408, str(self._too_slow(within))) from None
+            raise self._too_slow(within) from None
         self.received += len(message.get("body", b""))
         if self.received > self.max_bytes:
             self._upload_done()
-            raise HTTPException(413, str(self.gate._too_large()))
+            raise self.gate._too_large()
         if message["type"] != "http.request" or not message.get("more_body", False):
             self._upload_done()
         return message
@@ -161,7 +163,8 @@ class _WorkRequest:
                 )
                 await sensevoice_error_response(error)(self.scope, self.receive, self.send)
             return  # or cancelled: the client went away and there is nobody to answer
-        work.result()  # an error of the app goes on to the outer middleware
+        with contextlib.suppress(ClientDisconnect):  # gone in mid-upload: there is nobody to answer
+            work.result()  # an error of the app goes on to the outer middleware
 
     async def _deadline(self) -> None:
         """The request timeout, counted from the end of the upload (which is bounded on its own)."""

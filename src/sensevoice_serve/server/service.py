@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from ..batching import Utterance
 from ..decoding import DecodeOptions
-from ..errors import InvalidOption, ModelLoading, Overloaded, ShuttingDown, Unauthorized, Unavailable
+from ..errors import ModelLoading, Overloaded, ShuttingDown, Unauthorized, Unavailable
 from ..longform import SegmentationOptions, assemble
 from ..pipeline import SenseVoice
 from ..results import Transcription
@@ -32,6 +31,7 @@ from ..scheduler import Scheduler
 from ..settings import Settings
 from .decode_pool import DecodePool
 from .metrics import Metrics
+from .uploads import MB, UploadedFile, UploadSpace
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,12 @@ class Service:
         self._warm = False
         self.load_error: str | None = None
         self.in_flight = 0
-        self.metrics.watch(lambda: self.in_flight, lambda: self.scheduler.pending if self.scheduler else 0)
+        self.upload_space = UploadSpace(int(settings.max_upload_temp_mb * MB))
+        self.metrics.watch(
+            lambda: self.in_flight,
+            lambda: self.scheduler.pending if self.scheduler else 0,
+            lambda: self.upload_space.used,
+        )
 
     def start(self) -> None:
         """Load and warm up (the server runs this in a background thread); a failure is kept in
@@ -222,16 +227,15 @@ class Service:
             self.settings.vad, self.settings.max_segment_seconds, self.settings.split_channels
         )
 
-    def check_file_count(self, count: int) -> None:
-        if count > self.settings.max_files_per_request:
-            raise InvalidOption(
-                f"{count} files in one request: the limit is {self.settings.max_files_per_request}"
-            )
-
     async def transcribe(
-        self, data: bytes | BinaryIO, name: str, options: DecodeOptions, segmentation: SegmentationOptions
+        self,
+        data: bytes | UploadedFile,
+        name: str,
+        options: DecodeOptions,
+        segmentation: SegmentationOptions,
     ) -> tuple[Transcription, Timings]:
-        """Decode in the pool, run in the inference worker; cancelling the caller gives up the queue slot."""
+        """Decode in the pool (which takes an ``UploadedFile`` over), run in the inference worker; cancelling
+        the caller gives up the queue slot."""
         started = time.perf_counter()
         decoded = await self.pool.decode(data, self.settings.max_duration_seconds, segmentation)
         timings = Timings(decode=time.perf_counter() - started)

@@ -3,70 +3,85 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, BinaryIO, Literal
+from typing import Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from ...decoding import DecodeOptions
 from ...errors import InvalidOption, SenseVoiceError
 from ...longform import SegmentationOptions
+from ...settings import Settings
 from ..errors import error_body, error_code, json_response
 from ..service import Service
+from ..uploads import UploadedFile
 from .dependencies import ServiceDep
+from .forms import multipart_openapi, received_form, validated
 from .health import MODEL_NAME
 
 NATIVE_PATH = "/v1/transcribe"
+FILES_FIELD = "files"
 
 router = APIRouter()
 
 
-@router.post(NATIVE_PATH)
-async def transcribe_files(
-    service: ServiceDep,
-    files: Annotated[list[UploadFile], File()],
-    language: Annotated[str | None, Form()] = None,
-    use_itn: Annotated[bool | None, Form()] = None,
-    ban_emo_unk: Annotated[bool | None, Form()] = None,
-    vad: Annotated[Literal["auto", "on", "off"] | None, Form()] = None,
-    max_segment_seconds: Annotated[float | None, Form()] = None,
-    split_channels: Annotated[bool | None, Form()] = None,
-) -> JSONResponse:
+class NativeFields(BaseModel):
+    language: str | None = None
+    use_itn: bool | None = None
+    ban_emo_unk: bool | None = None
+    vad: Literal["auto", "on", "off"] | None = None
+    max_segment_seconds: float | None = Field(None, description="at most the server's own cap")
+    split_channels: bool | None = None
+
+
+@router.post(NATIVE_PATH, openapi_extra=multipart_openapi(NativeFields, FILES_FIELD, many=True))
+async def transcribe_files(request: Request, service: ServiceDep) -> JSONResponse:
     """The full result per file, with timings; a file that fails gets its own error entry."""
-    service.check_file_count(len(files))
-    settings = service.settings
+    max_files = service.settings.max_files_per_request
+    async with received_form(request, service, FILES_FIELD, max_files) as form:
+        fields, uploads = validated(form, NativeFields)
+        options, segmentation = _options(fields, service.settings)
+        with service.inference_place():
+            entries = await asyncio.gather(
+                *(
+                    _file_entry(service, upload, upload.name or f"file{index}", options, segmentation)
+                    for index, upload in enumerate(uploads)
+                )
+            )
+    return _native_response(entries)
+
+
+def _options(fields: NativeFields, settings: Settings) -> tuple[DecodeOptions, SegmentationOptions]:
+    """The request's options, each defaulting to the server's."""
     options = DecodeOptions(
-        language or settings.language,
-        settings.use_itn if use_itn is None else use_itn,
-        settings.ban_emo_unk if ban_emo_unk is None else ban_emo_unk,
+        fields.language or settings.language,
+        settings.use_itn if fields.use_itn is None else fields.use_itn,
+        settings.ban_emo_unk if fields.ban_emo_unk is None else fields.ban_emo_unk,
     )
-    if max_segment_seconds is not None and max_segment_seconds > settings.max_segment_seconds:
+    cap = fields.max_segment_seconds
+    if cap is not None and cap > settings.max_segment_seconds:
         # Attention grows with the square of a segment's length: the operator's cap is a memory bound.
         raise InvalidOption(
             f"max_segment_seconds may be at most this server's {settings.max_segment_seconds:g}"
         )
     segmentation = SegmentationOptions(
-        vad or settings.vad,
-        settings.max_segment_seconds if max_segment_seconds is None else max_segment_seconds,
-        settings.split_channels if split_channels is None else split_channels,
+        fields.vad or settings.vad,
+        settings.max_segment_seconds if cap is None else cap,
+        settings.split_channels if fields.split_channels is None else fields.split_channels,
     )
-    uploads = [(upload.filename or f"file{index}", upload.file) for index, upload in enumerate(files)]
-    with service.inference_place():
-        entries = await asyncio.gather(
-            *(_file_entry(service, name, data, options, segmentation) for name, data in uploads)
-        )
-    return _native_response(entries)
+    return options, segmentation
 
 
 async def _file_entry(
     service: Service,
+    upload: UploadedFile,
     name: str,
-    data: bytes | BinaryIO,
     options: DecodeOptions,
     segmentation: SegmentationOptions,
 ) -> dict:
     try:
-        result, timings = await service.transcribe(data, name, options, segmentation)
+        result, timings = await service.transcribe(upload, name, options, segmentation)
     except SenseVoiceError as error:
         return {
             "source": name,

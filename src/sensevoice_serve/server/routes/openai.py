@@ -2,36 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
 from ...decoding import DecodeOptions
 from .. import openai_format
 from .dependencies import ServiceDep
+from .forms import multipart_openapi, received_form, validated
 
 OPENAI_PATH = "/v1/audio/transcriptions"
+FILE_FIELD = "file"
 
 router = APIRouter()
 
 
-@router.post(OPENAI_PATH)
-async def openai_transcription(
-    service: ServiceDep,
-    file: Annotated[UploadFile, File()],
-    model: Annotated[str, Form(description="any name is accepted; answered by this server's model")] = "",
-    language: Annotated[str | None, Form()] = None,
-    response_format: Annotated[openai_format.ResponseFormat, Form()] = "json",
-    timestamp_granularities: Annotated[
-        list[openai_format.Granularity], Form(alias="timestamp_granularities[]")
-    ] = [],  # noqa: B006 - FastAPI copies defaults per request
-) -> Response:
+class OpenAIFields(BaseModel):
+    model: str = Field("", description="any name is accepted; answered by this server's model")
+    language: str | None = None
+    response_format: openai_format.ResponseFormat = "json"
+    timestamp_granularities: list[openai_format.Granularity] = Field([], alias="timestamp_granularities[]")
+    prompt: str | None = Field(None, description="accepted and ignored")
+    temperature: float | None = Field(None, description="accepted and ignored")
+
+
+@router.post(OPENAI_PATH, openapi_extra=multipart_openapi(OpenAIFields, FILE_FIELD, many=False))
+async def openai_transcription(request: Request, service: ServiceDep) -> Response:
     """OpenAI's audio transcription API (``prompt`` and ``temperature`` are accepted and ignored)."""
-    settings = service.settings
-    options = DecodeOptions((language or settings.language).lower(), settings.use_itn, settings.ban_emo_unk)
-    with service.inference_place():
-        result, _ = await service.transcribe(
-            file.file, file.filename or "upload", options, service.default_segmentation()
-        )
-    return openai_format.render(result, response_format, timestamp_granularities)
+    async with received_form(request, service, FILE_FIELD, max_files=1) as form:
+        fields, [upload] = validated(form, OpenAIFields)
+        settings = service.settings
+        language = (fields.language or settings.language).lower()
+        options = DecodeOptions(language, settings.use_itn, settings.ban_emo_unk)
+        with service.inference_place():
+            result, _ = await service.transcribe(
+                upload, upload.name or "upload", options, service.default_segmentation()
+            )
+    return openai_format.render(result, fields.response_format, fields.timestamp_granularities)
