@@ -68,11 +68,24 @@ def test_api_key(strict: LiveServer) -> None:
         assert "API key" in response.json()["error"]["message"]
     assert httpx.get(strict.url + "/v1/models").status_code == 401
     assert strict.transcribe(clip).status_code == 200  # with the key
-    for open_path in ("/health", "/ready", "/metrics", "/"):
+    for open_path in ("/health", "/ready", "/"):  # probes and the page (which asks for the key)
         assert httpx.get(strict.url + open_path).status_code == 200, open_path
+    for private_path in (
+        "/metrics",
+        "/openapi.json",
+    ):  # what runs here, and how, is the key holders' business
+        assert httpx.get(strict.url + private_path).status_code == 401, private_path
+        assert strict.get(private_path).status_code == 200, private_path
     client = openai.OpenAI(base_url=strict.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_metrics_and_api_description_can_be_opened_to_all(start_server) -> None:
+    server = start_server(api_key="s3cret", public_metrics=True)
+    for public_path in ("/metrics", "/openapi.json"):
+        assert httpx.get(server.url + public_path).status_code == 200, public_path
+    assert httpx.get(server.url + "/v1/models").status_code == 401
 
 
 def test_upload_size_limit(strict: LiveServer) -> None:

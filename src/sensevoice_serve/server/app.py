@@ -41,8 +41,14 @@ def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = 
     app.add_exception_handler(Exception, _unexpected)
     for routes in ROUTES:
         app.include_router(routes.router)
+    # With an API key, what the server runs and how it is used are the key holders' business too, unless the
+    # operator opens them (a Prometheus that cannot send the key, a public API description).
+    private_paths = frozenset() if settings.public_metrics else frozenset({"/metrics", app.openapi_url})
     app.add_middleware(
-        RequestGate, service=service, work_paths=frozenset({openai.OPENAI_PATH, native.NATIVE_PATH})
+        RequestGate,
+        service=service,
+        work_paths=frozenset({openai.OPENAI_PATH, native.NATIVE_PATH}),
+        private_paths=private_paths,
     )
     # Outermost, so the gate's refusals are counted too.
     endpoints = frozenset(

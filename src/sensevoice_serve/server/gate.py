@@ -1,13 +1,14 @@
 """Everything decided about an API request around its body, so that refusing it costs next to nothing and a
 slow upload holds nothing but its own connection.
 
-For every ``/v1/`` call: the API key. For a transcription request (``work_paths``), before its body is read:
-the declared size (413), whether the server takes work now (503 when loading, draining or busy), room for
-that size in the uploads' temp space (503) and an upload place (503 beyond ``max_uploads``). While the body
-streams in: its size, counted (413), and its pace: an upload that stalls for ``upload_idle_timeout_seconds``,
-or averages under ``upload_min_rate_kb`` beyond that grace, gets 408. Uploads hold no inference place: the
-route takes one once its upload is complete. From then on the request timeout runs (504), and a client that
-goes away cancels the request's work. An answer sent before the whole body came closes the connection.
+For every ``/v1/`` call, and ``private_paths``: the API key. For a transcription request (``work_paths``),
+before its body is read: the declared size (413), whether the server takes work now (503 when loading,
+draining or busy), room for that size in the uploads' temp space (503) and an upload place (503 beyond
+``max_uploads``). While the body streams in: its size, counted (413), and its pace: an upload that stalls for
+``upload_idle_timeout_seconds``, or averages under ``upload_min_rate_kb`` beyond that grace, gets 408.
+Uploads hold no inference place: the route takes one once its upload is complete. From then on the request
+timeout runs (504), and a client that goes away cancels the request's work. An answer sent before the whole
+body came closes the connection.
 
 An ASGI middleware, so that these hold whatever a route does with the body, and cost nothing when refused.
 """
@@ -32,15 +33,22 @@ KB = 1024
 
 
 class RequestGate:
-    def __init__(self, app: ASGIApp, service: Service, work_paths: frozenset[str]) -> None:
+    """``private_paths``: outside ``/v1/`` but behind the API key too (``/metrics``, ``/openapi.json``)."""
+
+    def __init__(
+        self, app: ASGIApp, service: Service, work_paths: frozenset[str], private_paths: frozenset[str]
+    ) -> None:
         self.app = app
         self.service = service
         self.work_paths = work_paths
+        self.private_paths = private_paths
         self.uploading = 0  # bodies being received; only touched on the event loop
         service.metrics.uploads_in_progress.set_function(lambda: self.uploading)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http" or not (
+            scope["path"].startswith(API_PREFIX) or scope["path"] in self.private_paths
+        ):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
