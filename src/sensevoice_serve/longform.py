@@ -142,6 +142,7 @@ class _Crashed:
 
 
 _Message = _Started | _Utterance | _Decoded | _Failed | _AllHandedOver | _Crashed
+_InputOpener = Callable[[AudioInput], tuple[AudioStream, Iterator[ChannelUtterance]]]
 
 
 class _Stopped(Exception):
@@ -178,7 +179,7 @@ class _Handoff:
 
 def _produce(
     sources: Iterable[tuple[object, AudioInput]],
-    open_input: Callable[[AudioInput], tuple[AudioStream, Iterator[ChannelUtterance]]],
+    open_input: _InputOpener,
     handoff: _Handoff,
 ) -> None:
     """The decoding thread: every input's messages, then the end (or the error that ended the run)."""
@@ -202,7 +203,7 @@ def _produce(
 def _hand_over_input(
     key: object,
     source: AudioInput,
-    open_input: Callable[[AudioInput], tuple[AudioStream, Iterator[ChannelUtterance]]],
+    open_input: _InputOpener,
     handoff: _Handoff,
 ) -> None:
     """One input's messages. Any exception from reading or segmenting it becomes its own error."""
