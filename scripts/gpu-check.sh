@@ -195,7 +195,7 @@ bench() { # DTYPE
 
 funasr_baseline() {
   install_wheels install-baseline baseline || {
-    skip_step funasr "its wheels did not install"
+    skip_step funasr "install-baseline did not run clean"
     return 1
   }
   run_step funasr 120 "$PYTHON" "$ROOT/scripts/gpu_funasr_baseline.py" --model "$WORK/model" \
