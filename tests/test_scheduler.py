@@ -16,7 +16,14 @@ from sensevoice_serve.batching import BatchTimings, Utterance
 from sensevoice_serve.errors import DeviceOutOfMemory, InferenceWorkerDied, Overloaded, ShuttingDown
 from sensevoice_serve.pipeline import SenseVoice
 from sensevoice_serve.results import Segment
-from sensevoice_serve.scheduler import RECOVERY_BATCHES, RECOVERY_STEPS, BatchReport, Scheduler
+from sensevoice_serve.scheduler import (
+    RECOVERY_BATCHES,
+    RECOVERY_STEPS,
+    BatchReport,
+    Priority,
+    Scheduler,
+    Skipped,
+)
 
 
 def second_of_silence() -> list[Utterance]:
@@ -226,3 +233,94 @@ def test_the_frame_budget_recovers_gradually_up_to_the_maximum(tiny_engine) -> N
     assert steps == list(range(shrunk, maximum + 1, maximum // RECOVERY_STEPS))
     assert [budgets.count(budget) for budget in steps[1:-1]] == [RECOVERY_BATCHES] * (len(steps) - 2)
     assert budgets[-1] == maximum
+
+
+class Recorder:
+    """``before_forward`` hook naming each batch's utterances, in the order the worker runs them."""
+
+    def __init__(self, names: dict[int, str], block_first: bool = False) -> None:
+        self.names = names
+        self.batches: list[list[str]] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+        if not block_first:
+            self.release.set()
+
+    def __call__(self, utterances: Sequence[Utterance]) -> None:
+        self.batches.append(sorted(self.names[id(u)] for u in utterances))
+        self.entered.set()
+        self.release.wait()
+
+
+def named(names: dict[int, str], name: str, seconds: float) -> list[Utterance]:
+    utterances = noise(seconds, seed=len(names))
+    names[id(utterances[0])] = name
+    return utterances
+
+
+def test_low_priority_fills_only_the_room_high_priority_leaves(tiny_engine) -> None:
+    names: dict[int, str] = {}
+    high, lows = named(names, "high", 2), [named(names, f"low{i}", 1) for i in range(3)]
+    budget = high[0].frames + 2 * lows[0][0].frames
+    recorder = Recorder(names)
+    scheduler = Scheduler(FlakyEngine(tiny_engine, before_forward=recorder), max_batch_frames=budget)
+    high_future = scheduler.submit(high)
+    low_futures = [scheduler.submit(low, priority=Priority.LOW) for low in lows]
+    scheduler.start()
+    assert len(high_future.result(timeout=30).segments) == 1
+    assert [len(f.result(timeout=30).segments) for f in low_futures[:2]] == [1, 1]
+    with pytest.raises(Skipped, match="no room"):
+        low_futures[2].result(timeout=30)
+    scheduler.stop()
+    assert recorder.batches[0] == ["high"]  # high-priority work runs first
+    assert sorted(name for batch in recorder.batches[1:] for name in batch) == ["low0", "low1"]
+
+
+def test_a_low_priority_request_is_skipped_rather_than_queued_behind_a_full_round(tiny_engine) -> None:
+    names: dict[int, str] = {}
+    recorder = Recorder(names, block_first=True)
+    first, full = named(names, "first", 1), named(names, "full", 2)
+    scheduler = Scheduler(
+        FlakyEngine(tiny_engine, before_forward=recorder), max_batch_frames=full[0].frames, max_wait=0
+    )
+    scheduler.start()
+    running = scheduler.submit(first)
+    assert recorder.entered.wait(timeout=10)
+    queued = scheduler.submit(full)  # fills the next round's budget
+    partial = scheduler.submit(named(names, "partial", 1), priority=Priority.LOW)
+    recorder.release.set()
+    with pytest.raises(Skipped):
+        partial.result(timeout=30)
+    assert len(running.result(timeout=30).segments) == len(queued.result(timeout=30).segments) == 1
+    scheduler.stop()
+    assert recorder.batches == [["first"], ["full"]]
+
+
+def test_low_priority_batches_give_way_to_high_priority_work(tiny_engine) -> None:
+    names: dict[int, str] = {}
+    recorder = Recorder(names, block_first=True)
+    scheduler = Scheduler(FlakyEngine(tiny_engine, before_forward=recorder), max_batch_frames=3000)
+    # Lengths far apart: two low-priority batches, the longer first.
+    long_low = scheduler.submit(named(names, "long", 3), priority=Priority.LOW)
+    short_low = scheduler.submit(named(names, "short", 1), priority=Priority.LOW)
+    scheduler.start()
+    assert recorder.entered.wait(timeout=10)
+    high = scheduler.submit(named(names, "high", 1))
+    recorder.release.set()
+    assert len(long_low.result(timeout=30).segments) == 1
+    with pytest.raises(Skipped, match="high-priority work arrived"):
+        short_low.result(timeout=30)
+    assert len(high.result(timeout=30).segments) == 1
+    scheduler.stop()
+    assert recorder.batches == [["long"], ["high"]]
+
+
+def test_low_priority_requests_neither_count_against_max_pending_nor_outlive_stop(tiny_engine) -> None:
+    scheduler = Scheduler(tiny_engine, max_batch_frames=3000, max_pending=1)
+    waiting = scheduler.submit(second_of_silence())
+    partial = scheduler.submit(second_of_silence(), priority=Priority.LOW)
+    assert scheduler.pending == 1
+    scheduler.start()
+    scheduler.stop()
+    assert len(waiting.result(timeout=1).segments) == len(partial.result(timeout=1).segments) == 1
+    with pytest.raises(ShuttingDown):
+        scheduler.submit(second_of_silence(), priority=Priority.LOW)

@@ -5,12 +5,19 @@ worker thread takes whatever is waiting, lingers at most ``max_wait`` for compan
 delayed, plans batches within the frame budget with the same ``plan_batches`` the CLI uses, and routes each
 segment back to its request. A failing batch fails only the requests in it; the worker keeps serving. A
 batch that runs out of device memory is split and retried, and the frame budget shrinks for a while.
+
+Two priorities. ``HIGH`` (files, realtime finals) waits its turn, bounded by ``max_pending``. ``LOW``
+(realtime partial results, which a newer one soon replaces) never waits beyond the worker's next round:
+that round's high-priority requests are planned first, low ones fill only the frame budget they leave, in
+batches of at most a quarter of it, run after the high ones and only while no high request waits. A low
+request that does not get in fails at once with ``Skipped`` (nothing ran for it), so under load partial
+results are dropped instead of queued, and they delay other work by one small forward at most.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -31,6 +38,18 @@ logger = logging.getLogger(__name__)
 # grows back by 1/RECOVERY_STEPS of the configured maximum (memory freed elsewhere is used again).
 RECOVERY_BATCHES = 16
 RECOVERY_STEPS = 8
+# Low-priority batches are at most this share of the frame budget: high-priority work that arrives while
+# one runs waits for a small forward only.
+LOW_BATCH_SHARE = 4
+
+
+class Priority(enum.IntEnum):
+    HIGH = 0  # files and realtime finals: wait their turn
+    LOW = 1  # realtime partials: only leftover room in the next round, else Skipped
+
+
+class Skipped(Exception):
+    """A low-priority request found no room in the worker's next round: nothing was run for it."""
 
 
 @dataclass
@@ -47,6 +66,7 @@ class BatchReport:
 class _Request:
     utterances: Sequence[Utterance]
     future: Future
+    priority: Priority = Priority.HIGH
     submitted: float = field(default_factory=time.perf_counter)
     segments: list[Segment | None] = field(default_factory=list)
     remaining: int = 0
@@ -57,6 +77,10 @@ class _Request:
     def __post_init__(self) -> None:
         self.segments = [None] * len(self.utterances)
         self.remaining = len(self.utterances)
+
+    @property
+    def frames(self) -> int:
+        return sum(u.frames for u in self.utterances)
 
 
 _Member = tuple[_Request, int]  # one utterance of a request: the request and the utterance's index
@@ -85,10 +109,12 @@ class Scheduler:
         self.max_wait = max_wait
         self.max_pending = max_pending
         self.on_batch = on_batch
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._pending = 0  # admitted requests not yet finished
+        self._high: deque[_Request] = deque()
+        self._low: deque[_Request] = deque()
+        self._pending = 0  # admitted high-priority requests not yet finished
         self._stopping = False
         self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)  # notified on each submission and on stop()
         self._thread: threading.Thread | None = None
         self._alive = False  # false from the moment the worker dies until it runs again
         self._held: list[_Request] = []  # what the worker has taken off the queue and not finished
@@ -97,6 +123,7 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
+        """High-priority requests admitted and not finished (low ones never wait long enough to count)."""
         return self._pending
 
     @property
@@ -121,29 +148,35 @@ class Scheduler:
     def stop(self) -> None:
         """Finish everything admitted so far, then end the worker."""
         with self._lock:
-            # A request admitted after the stop marker would never run: its caller would wait forever.
             self._stopping = True
-            if self._thread is not None:
-                self._queue.put(None)
+            self._wakeup.notify_all()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
             self._alive = False
 
-    def submit(self, utterances: Sequence[Utterance]) -> Future[RequestResult]:
-        """Admit a request, or raise at once: ``Overloaded`` when ``max_pending`` requests wait,
-        ``ShuttingDown`` after stop()."""
+    def submit(
+        self, utterances: Sequence[Utterance], priority: Priority = Priority.HIGH
+    ) -> Future[RequestResult]:
+        """Admit a request, or raise at once: ``ShuttingDown`` after stop(), ``Overloaded`` when
+        ``max_pending`` high-priority requests wait. A low-priority request's future fails with ``Skipped``
+        when the worker's next round has no room for it."""
         future: Future[RequestResult] = Future()
         if not utterances:
             future.set_result(RequestResult([], 0.0, BatchTimings()))
             return future
+        request = _Request(utterances, future, priority)
         with self._lock:
             if self._stopping:
                 raise ShuttingDown("shutting down: no new requests are admitted")
-            if self._pending >= self.max_pending:
+            if priority is Priority.LOW:
+                self._low.append(request)
+            elif self._pending >= self.max_pending:
                 raise Overloaded(f"server busy: {self._pending} requests queued (limit {self.max_pending})")
-            self._pending += 1
-        self._queue.put(_Request(utterances, future))
+            else:
+                self._pending += 1
+                self._high.append(request)
+            self._wakeup.notify()
         return future
 
     def _serve(self) -> None:
@@ -164,60 +197,70 @@ class Scheduler:
                 for request in self._held:
                     self._finish(request, failure)
                 self._held = []
-                with self._lock:
-                    if self._stopping:  # the stop marker may have gone down with the worker
-                        self._queue.put(None)
                 self._alive = True
 
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                break
-            self._held = [first]
-            stopping = self._collect()
-            self._run(self._held)
+        """Rounds until stop() and nothing admitted before it is left, so no caller is left waiting."""
+        while (taken := self._take()) is not None:
+            high, low = taken
+            self._held = high + low
+            low = self._fit_low(high, low)
+            self._run(high)
+            self._run(low, low_priority=True)
             self._held = []
-            if stopping:
-                break
-        # Finish what was admitted before stop() so no caller is left waiting.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                self._held = [item]
-                self._run(self._held)
-                self._held = []
 
-    def _collect(self) -> bool:
-        """Add to the held request whatever arrives within max_wait, up to the frame budget; True once the
-        stop marker has been taken."""
-        frames = sum(u.frames for u in self._held[0].utterances)
-        deadline = time.perf_counter() + self.max_wait
-        while frames < self._budget:
-            timeout = deadline - time.perf_counter()
-            try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                return False
-            if item is None:
-                return True
-            self._held.append(item)
-            frames += sum(u.frames for u in item.utterances)
-        return False
+    def _take(self) -> tuple[list[_Request], list[_Request]] | None:
+        """The next round: the high-priority requests that arrive within max_wait, up to the frame budget,
+        and every low-priority one waiting; None once stopped with nothing left."""
+        with self._wakeup:
+            while not (self._high or self._low):
+                if self._stopping:
+                    return None
+                self._wakeup.wait()
+            high: list[_Request] = []
+            frames = 0
+            deadline = time.perf_counter() + self.max_wait
+            while True:
+                while self._high and frames < self._budget:
+                    high.append(self._high.popleft())
+                    frames += high[-1].frames
+                timeout = deadline - time.perf_counter()
+                if frames >= self._budget or timeout <= 0 or self._stopping:
+                    break
+                self._wakeup.wait(timeout)
+            low = list(self._low)
+            self._low.clear()
+        return high, low
 
-    def _run(self, requests: list[_Request]) -> None:
+    def _fit_low(self, high: list[_Request], low: list[_Request]) -> list[_Request]:
+        """The low-priority requests that fit in the frame budget the high ones leave, oldest first; the
+        others are skipped now rather than kept for a later round."""
+        room = self._budget - sum(request.frames for request in high)
+        fitting = []
+        for request in low:
+            if request.frames <= room and not request.future.done():
+                fitting.append(request)
+                room -= request.frames
+            else:
+                self._finish(request, Skipped("no room for this low-priority request in the next batch"))
+        return fitting
+
+    def _run(self, requests: list[_Request], low_priority: bool = False) -> None:
         items = [(request, index) for request in requests for index in range(len(request.utterances))]
-        batches = deque(self._plan(items))
+        batches = deque(self._plan(items, low_priority))
         while batches:
+            # Read without the lock: a deque's length is safe to read, and a request that lands just after
+            # only waits for this one batch.
+            if low_priority and self._high:
+                for request, _ in (member for batch in batches for member in batch):
+                    self._finish(request, Skipped("high-priority work arrived before this batch"))
+                return
             members = self._still_wanted(batches.popleft())
             if not members or self._forward(members):
                 continue
             if len(members) > 1:
                 self._shrink_budget(members)
-                batches.extendleft(reversed(self._plan(members)))
+                batches.extendleft(reversed(self._plan(members, low_priority)))
                 continue
             [(request, index)] = members
             seconds = request.utterances[index].duration
@@ -227,11 +270,10 @@ class Scheduler:
             )
             self._finish(request, DeviceOutOfMemory(message))
 
-    def _plan(self, items: list[_Member]) -> list[list[_Member]]:
+    def _plan(self, items: list[_Member], low_priority: bool) -> list[list[_Member]]:
         frames = [request.utterances[index].frames for request, index in items]
-        return [
-            [items[i] for i in batch] for batch in plan_batches(frames, self._budget, self.max_batch_size)
-        ]
+        budget = max(1, self._budget // LOW_BATCH_SHARE) if low_priority else self._budget
+        return [[items[i] for i in batch] for batch in plan_batches(frames, budget, self.max_batch_size)]
 
     def _still_wanted(self, batch: list[_Member]) -> list[_Member]:
         """The members whose request is still waiting: not cancelled by its caller, not failed already."""
@@ -316,8 +358,9 @@ class Scheduler:
         if request.finished:
             return
         request.finished = True
-        with self._lock:
-            self._pending -= 1
+        if request.priority is Priority.HIGH:
+            with self._lock:
+                self._pending -= 1
         queue_seconds = (request.started or time.perf_counter()) - request.submitted
         try:
             if error is not None:
