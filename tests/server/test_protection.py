@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,7 +22,7 @@ STRICT = {
     "max_upload_mb": 0.5,
     "max_duration_seconds": 5,
     "max_files_per_request": 2,
-    "request_timeout_seconds": 3,
+    "request_timeout_seconds": 4,
     "decode_workers": 1,
 }
 
@@ -107,12 +105,12 @@ def test_duration_and_file_count_limits(strict: LiveServer, speech: np.ndarray) 
 
 def test_request_timeout_counts_from_the_end_of_the_upload(strict: LiveServer, speech: np.ndarray) -> None:
     clip = wav(speech[:16000])
-    # Uploads have bounds of their own: one that takes longer than the 3 s request timeout is still served.
-    assert trickle(strict, clip, seconds=4).status_code == 200
+    # Uploads have bounds of their own: one that takes longer than the 4 s request timeout is still served.
+    assert trickle(strict, clip, seconds=5).status_code == 200
     with stopped(strict.decode_worker_pids()):  # the decoder never answers, so the request surely times out
         response = strict.transcribe(clip)
     assert response.status_code == 504
-    assert "3 s timeout" in response.json()["error"]["message"]
+    assert "4 s timeout" in response.json()["error"]["message"]
     assert strict.transcribe(clip).status_code == 200
     assert strict.metric("sensevoice_requests_in_progress") == 0
 
@@ -162,50 +160,18 @@ def test_a_client_that_leaves_cancels_its_work(single_decoder: LiveServer, speec
     assert server.transcribe(clip).status_code == 200
 
 
-def test_killed_decode_worker_is_replaced(single_decoder: LiveServer, speech: np.ndarray) -> None:
-    server, clip = single_decoder, wav(speech[:16000])
-    [idle] = server.decode_worker_pids()
-    os.kill(idle, signal.SIGKILL)
-    time.sleep(0.5)  # the pool notices at once; a request that comes later is not to blame
-    assert server.transcribe(clip).status_code == 200
-
-    [busy] = server.decode_worker_pids()
-    os.kill(busy, signal.SIGSTOP)  # frozen, so the next upload is surely inside it when it dies
-    with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(server.transcribe, clip)
-        time.sleep(0.5)
-        os.kill(busy, signal.SIGKILL)
-        died = in_flight.result()
-    assert died.status_code == 503 and died.headers["Retry-After"] == "1"
-    assert "decoder process died" in died.json()["error"]["message"]
-    assert server.transcribe(clip).status_code == 200
-    [replacement] = server.decode_worker_pids()
-    # Nothing of the uploads whose worker died stays in the server's temp directory.
-    assert [path for spill_dir in server.temp_dir.iterdir() for path in spill_dir.iterdir()] == []
-
-    # A server killed outright leaves no decode process behind.
-    server.process.kill()
-    server.process.wait()
-    deadline = time.monotonic() + 5
-    while Path(f"/proc/{replacement}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not Path(f"/proc/{replacement}").exists()
-
-
 def test_port_answers_at_once_then_sigterm_drains_in_flight_requests(
     tiny_model_dir: Path, speech: np.ndarray
 ) -> None:
     server = launch(tiny_model_dir)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(server.url + "/health")
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        # Alive before the model is warm (the decode worker alone takes seconds to start): not ready yet.
-        ready, early = httpx.get(server.url + "/ready"), server.transcribe(wav(speech[:16000]))
+        # The service is ready only once its decode workers have started (seconds: torch, the VAD): one
+        # frozen the moment it appears keeps the server loading for as long as the test needs.
+        wait_until(server.decode_worker_pids, "a decode worker is spawned")
+        with stopped(server.decode_worker_pids()):
+            wait_until(lambda: accepts_connections(server), "the port answers")
+            health, ready = httpx.get(server.url + "/health"), httpx.get(server.url + "/ready")
+            early = server.transcribe(wav(speech[:16000]))
         assert health.json() == {"status": "ok", "warm": False}
         assert ready.status_code == 503 and "loading" in ready.json()["reason"]
         assert early.status_code == 503 and early.headers["Retry-After"] == "1"
