@@ -1,144 +1,79 @@
 """Uploads are decoded and segmented in worker processes: PyAV holds the GIL, so threads would not help.
 
-A worker that dies (killed, or a codec crash) breaks the whole ``ProcessPoolExecutor``: every task in it
-fails. The pool is then rebuilt; a request whose upload was in the broken pool gets a clear 503, and a
-request that merely arrived after the break is sent to the new pool, since its upload cannot be the cause.
-
-Decoded samples come back through a file, not the result pipe: the worker appends each segment to a spill
-file as the stream produces it, and the server maps that file. Pickling a 2-hour upload's 460 MB of samples
-through the pipe would hold them three times over (the worker's copy, the pickle, the server's copy); mapped,
-they are pages the kernel can drop and reread, and the worker never holds more than a segment.
+Each worker is a lane: a ``ProcessPoolExecutor`` of one process, given one upload at a time. A worker that
+dies (killed, or a codec crash) takes only its own upload with it (503), and a decode that outlasts
+``deadline`` (a file that hangs the decoder) has its worker killed (422); either way the lane is replaced and
+the pool is whole again for the next request. One executor of several workers would fail every upload in it
+when any of its workers died, and offers no way to stop one task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
-import time
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..decoding import DecodeOptions
-from ..errors import DecodeWorkerDied
-from ..longform import SegmentationOptions, default_detector, stream_utterances
+from ..errors import DecodeTimeout, DecodeWorkerDied
+from ..longform import SegmentationOptions
+from .decode_worker import DecodedUpload, SpilledUpload, decode_upload, init_worker
 from .uploads import UploadedFile
 
 logger = logging.getLogger(__name__)
+RESTART_DELAY_SECONDS = 1.0  # before another try at a lane whose worker failed to start
 
 
-@dataclass
-class DecodedPiece:
-    """One utterance of an upload: a VAD segment, or the whole file when it is short."""
+class _Lane:
+    """One decode process, in an executor of its own."""
 
-    samples: np.ndarray
-    offset: float
-    channel: int | None
+    def __init__(self, usual: SegmentationOptions) -> None:
+        # spawn: a forked child would inherit torch's thread pools, the model's memory and the sockets.
+        self.executor = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(usual,)
+        )
+        # The worker's pid, once it has loaded its modules and the VAD: only then is the lane given work.
+        self.started: Future[int] = self.executor.submit(os.getpid)
+        self.timed_out = False
 
-
-@dataclass
-class DecodedUpload:
-    duration: float
-    warnings: list[str]
-    pieces: list[DecodedPiece]
-
-
-@dataclass
-class _SpilledUpload:
-    """What a worker sends back: the spill file and where each piece's samples are in it."""
-
-    path: str
-    duration: float
-    warnings: list[str]
-    spans: list[tuple[int, int, float, int | None]]  # first sample, sample count, offset, channel
-
-    def load(self) -> DecodedUpload:
-        """Map the samples; the file is unlinked at once and its space freed when the last view goes."""
-        try:
-            total = sum(count for _, count, _, _ in self.spans)
-            # "c": private pages, so the arrays are writable as torch wants; nothing is written back.
-            samples = np.memmap(self.path, np.float32, mode="c") if total else np.empty(0, np.float32)
-        finally:
-            os.unlink(self.path)
-        pieces = [
-            DecodedPiece(samples[first : first + count], offset, channel)
-            for first, count, offset, channel in self.spans
-        ]
-        return DecodedUpload(self.duration, self.warnings, pieces)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Nothing shuts the pool down when the server is killed (SIGKILL, the OOM killer): leave on our own
-    rather than linger as an orphan holding the VAD in memory."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
-
-
-def _init_worker(usual: SegmentationOptions) -> None:
-    import torch
-
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    # Each worker is one decode lane: torch (the VAD) must not fan out over the cores the model is using.
-    torch.set_num_threads(1)
-    default_detector(usual)  # loads the VAD network (the slow part) once, before the first upload
-
-
-def decode_upload(
-    upload_path: str, max_duration: float, options: SegmentationOptions, spill_path: str
-) -> _SpilledUpload:
-    """Runs in a worker: decode the upload's file (stopping at ``max_duration``), cut it into what the model
-    will see, and spill the pieces' samples to ``spill_path`` (the server removes it whatever happens)."""
-    stream, utterances = stream_utterances(
-        Path(upload_path), DecodeOptions(), options, default_detector(options), max_duration
-    )
-    spans: list[tuple[int, int, float, int | None]] = []
-    written = 0
-    with open(spill_path, "wb") as spill:
-        for item in utterances:
-            samples = np.ascontiguousarray(item.utterance.samples, dtype=np.float32)
-            spill.write(samples.data)
-            spans.append((written, len(samples), item.utterance.offset, item.channel))
-            written += len(samples)
-    return _SpilledUpload(spill_path, stream.duration, list(stream.warnings), spans)
+    def kill(self) -> None:
+        """The deadline: the worker is killed, which fails its upload with ``BrokenProcessPool``."""
+        self.timed_out = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.started.result(), signal.SIGKILL)
 
 
 class DecodePool:
-    def __init__(self, workers: int, usual: SegmentationOptions):
-        self.workers = workers
+    def __init__(self, workers: int, usual: SegmentationOptions, deadline: float) -> None:
         self.usual = usual
+        self.deadline = deadline
+        self.busy = 0  # lanes decoding an upload
         self._lock = threading.Lock()
+        self._idle: list[_Lane] = []
+        self._waiting: deque[Future[_Lane]] = deque()
+        self._lanes: set[_Lane] = set()
+        self._closed = False
         # Files of uploads in flight; removed with the pool, so a worker that died mid-write leaves nothing.
         self._spill_dir = tempfile.TemporaryDirectory(prefix=f"sensevoice-uploads-{os.getpid()}-")
-        self._executor, self._started = self._start()
-
-    def _start(self) -> tuple[ProcessPoolExecutor, list[Future]]:
-        # spawn: a forked child would inherit torch's thread pools, the model's memory and the sockets.
-        executor = ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.usual,),
-        )
-        # The executor spawns a worker per task while none is idle: start them all now, not during a request.
-        return executor, [executor.submit(os.getpid) for _ in range(self.workers)]
-
-    def wait_started(self) -> None:
-        """Block until a worker has loaded its modules and the VAD (a task only goes to such a worker)."""
-        for future in wait(self._started).done:
-            future.result()
+        # The executor spawns its worker for its first task: all of them start now, not during a request.
+        self._first = [self._add_lane() for _ in range(workers)]
 
     @property
     def upload_dir(self) -> str:
         """Where uploads are written for the workers to read; removed with the pool."""
         return self._spill_dir.name
+
+    def wait_started(self) -> None:
+        """Block until every worker has loaded its modules and the VAD; raise if one could not."""
+        for future in wait([lane.started for lane in self._first]).done:
+            future.result()
 
     async def decode(
         self, upload: bytes | UploadedFile, max_duration: float, options: SegmentationOptions
@@ -149,37 +84,126 @@ class DecodePool:
             upload = self._store(upload)
         upload.handed_over = True
         spill_path = f"{upload.path}.f32"
-        executor = self._executor
-        arguments = (str(upload.path), max_duration, options, spill_path)
         try:
-            try:
-                future = executor.submit(decode_upload, *arguments)
-            except BrokenProcessPool:  # broken before this upload got there: it is not the cause
-                self._replace(executor)
-                executor = self._executor
-                future = executor.submit(decode_upload, *arguments)
+            lane, future = await self._submit((str(upload.path), max_duration, options, spill_path))
         except BaseException:
             upload.remove()
             raise
         future.add_done_callback(lambda _: upload.remove())
         try:
-            spilled = await asyncio.wrap_future(future)
+            spilled: SpilledUpload = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            # The client left. A queued upload is dropped; one being decoded finishes, and its file goes then.
-            if not future.cancel():
-                future.add_done_callback(lambda _: Path(spill_path).unlink(missing_ok=True))
+            # The client left. The decode finishes (or meets its deadline), and its file goes then.
+            future.add_done_callback(lambda _: Path(spill_path).unlink(missing_ok=True))
             raise
-        except BrokenProcessPool as error:
-            Path(spill_path).unlink(missing_ok=True)  # the dead worker's partial file
-            self._replace(executor)
-            raise DecodeWorkerDied(
-                "the audio decoder process died while decoding this upload (it has been restarted); "
-                "retry, and if it happens again this file crashes the decoder"
-            ) from error
-        except BaseException:
-            Path(spill_path).unlink(missing_ok=True)
+        except BaseException as error:
+            Path(spill_path).unlink(missing_ok=True)  # what a failed or killed worker wrote
+            if isinstance(error, BrokenProcessPool):
+                raise self._lane_error(lane) from error
             raise
         return spilled.load()
+
+    def _lane_error(self, lane: _Lane) -> DecodeTimeout | DecodeWorkerDied:
+        if lane.timed_out:
+            return DecodeTimeout(
+                f"decoding took longer than {self.deadline:g} s (this server's limit): the decoder was "
+                "stopped; the file may be damaged or built to stall decoders"
+            )
+        return DecodeWorkerDied(
+            "the audio decoder process died while decoding this upload (it has been restarted); "
+            "retry, and if it happens again this file crashes the decoder"
+        )
+
+    async def _submit(self, arguments: tuple) -> tuple[_Lane, Future[SpilledUpload]]:
+        """Wait for an idle lane and give it the upload, under the deadline."""
+        while True:
+            lane = await self._idle_lane()
+            try:
+                future = lane.executor.submit(decode_upload, *arguments)
+            except BrokenProcessPool:  # its worker died while idle: this upload is not the cause
+                self._replace(lane)
+                continue
+            except BaseException:
+                self._release(lane)
+                raise
+            self._watch(lane, future)
+            return lane, future
+
+    def _watch(self, lane: _Lane, future: Future[SpilledUpload]) -> None:
+        """The lane is busy from now until its upload is done, and killed if that takes past the deadline."""
+        timer = threading.Timer(self.deadline, lane.kill)
+        timer.daemon = True
+        timer.start()
+        with self._lock:
+            self.busy += 1
+        future.add_done_callback(lambda done: self._finished(lane, timer, done))
+
+    async def _idle_lane(self) -> _Lane:
+        waiter: Future[_Lane] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the decode pool is shut down")
+            if self._idle:
+                waiter.set_result(self._idle.pop())
+            else:
+                self._waiting.append(waiter)
+        try:
+            return await asyncio.wrap_future(waiter)
+        except asyncio.CancelledError:
+            # Cancelled while a lane was being handed over: it goes back once the hand-over is done.
+            waiter.add_done_callback(lambda done: done.cancelled() or self._release(done.result()))
+            raise
+
+    def _finished(self, lane: _Lane, timer: threading.Timer, future: Future) -> None:
+        """A lane's upload is done (in the executor's thread): the lane is free again, or replaced."""
+        timer.cancel()
+        with self._lock:
+            self.busy -= 1
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            self._replace(lane)
+        else:
+            self._release(lane)
+
+    def _release(self, lane: _Lane) -> None:
+        """Hand an idle lane to the longest-waiting request, or keep it for the next."""
+        with self._lock:
+            while self._waiting:
+                waiter = self._waiting.popleft()
+                if waiter.set_running_or_notify_cancel():
+                    waiter.set_result(lane)
+                    return
+            self._idle.append(lane)
+
+    def _add_lane(self) -> _Lane:
+        lane = _Lane(self.usual)
+        with self._lock:
+            self._lanes.add(lane)
+        lane.started.add_done_callback(lambda started: self._lane_started(lane, started))
+        return lane
+
+    def _lane_started(self, lane: _Lane, started: Future[int]) -> None:
+        if started.exception() is None:
+            self._release(lane)
+            return
+        logger.error("a decode worker failed to start (%s); trying again", started.exception())
+        self._retire(lane)
+        timer = threading.Timer(RESTART_DELAY_SECONDS, self._add_lane_unless_closed)
+        timer.daemon = True
+        timer.start()
+
+    def _replace(self, lane: _Lane) -> None:
+        logger.warning("a decode worker died or was stopped: starting another")
+        self._retire(lane)
+        self._add_lane_unless_closed()
+
+    def _add_lane_unless_closed(self) -> None:
+        if not self._closed:
+            self._add_lane()
+
+    def _retire(self, lane: _Lane) -> None:
+        with self._lock:
+            self._lanes.discard(lane)
+        lane.executor.shutdown(wait=False, cancel_futures=True)
 
     def _store(self, data: bytes) -> UploadedFile:
         """Bytes handed over without HTTP (``bench``) become a file like an upload's."""
@@ -192,14 +216,14 @@ class DecodePool:
             raise
         return upload
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """Rebuild the pool once, however many requests saw it break."""
-        with self._lock:
-            if self._executor is broken:
-                logger.warning("a decode worker died: restarting the decode pool")
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._executor, self._started = self._start()
-
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Let the decodes in progress finish (each within the deadline), then stop every worker."""
+        with self._lock:
+            self._closed = True
+            lanes, waiting = list(self._lanes), list(self._waiting)
+            self._waiting.clear()
+        for waiter in waiting:
+            waiter.cancel()
+        for lane in lanes:
+            lane.executor.shutdown(wait=True, cancel_futures=True)
         self._spill_dir.cleanup()

@@ -38,6 +38,9 @@ class Metrics:
         self.uploads_in_progress = Gauge(
             "sensevoice_uploads_in_progress", "request bodies being received", registry=self.registry
         )
+        self.decoding = Gauge(
+            "sensevoice_decode_workers_busy", "decode workers decoding an upload", registry=self.registry
+        )
         self.upload_bytes = Gauge(
             "sensevoice_upload_temp_bytes",
             "bytes of uploads in the temp directory (received or being decoded)",
@@ -64,13 +67,10 @@ class Metrics:
     def _latency(self, name: str, what: str) -> Histogram:
         return Histogram(f"sensevoice_{name}_seconds", what, buckets=LATENCY_BUCKETS, registry=self.registry)
 
-    def watch(
-        self, in_progress: Callable[[], int], queue_depth: Callable[[], int], upload_bytes: Callable[[], int]
-    ) -> None:
-        """Gauges read at scrape time, so they never go stale."""
-        self.in_progress.set_function(in_progress)
-        self.queue_depth.set_function(queue_depth)
-        self.upload_bytes.set_function(upload_bytes)
+    def watch(self, **sources: Callable[[], float]) -> None:
+        """Gauges read at scrape time, so they never go stale: the gauge attribute named, and its source."""
+        for name, source in sources.items():
+            getattr(self, name).set_function(source)
 
     def record_batch(self, report: BatchReport) -> None:
         self.batch_size.observe(report.size)

@@ -78,9 +78,10 @@ class Service:
         self.in_flight = 0
         self.upload_space = UploadSpace(int(settings.max_upload_temp_mb * MB))
         self.metrics.watch(
-            lambda: self.in_flight,
-            lambda: self.scheduler.pending if self.scheduler else 0,
-            lambda: self.upload_space.used,
+            in_progress=lambda: self.in_flight,
+            queue_depth=lambda: self.scheduler.pending if self.scheduler else 0,
+            upload_bytes=lambda: self.upload_space.used,
+            decoding=lambda: self.pool.busy if self.pool else 0,
         )
 
     def start(self) -> None:
@@ -91,7 +92,9 @@ class Service:
             # torch threads and decode processes share the cores: tuned together, since torch threads
             # that compete with a busy decoder for a core run many times slower.
             torch.set_num_threads(tuned.torch_threads)
-            self.pool = DecodePool(tuned.decode_workers, self.default_segmentation())
+            self.pool = DecodePool(
+                tuned.decode_workers, self.default_segmentation(), self.settings.decode_timeout_seconds
+            )
             self.engine = SenseVoice.from_pretrained(
                 self.settings.model, device=tuned.device, dtype=tuned.dtype
             )
