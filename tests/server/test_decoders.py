@@ -50,6 +50,18 @@ def test_a_decode_that_hangs_is_stopped_at_the_deadline(
     assert leftovers(server) == []
 
 
+def test_a_dying_worker_takes_only_its_own_upload(start_server, speech: np.ndarray) -> None:
+    server, clip = start_server(decode_workers=2), wav(speech[:16000])
+    first, second = server.decode_worker_pids()
+    with ThreadPoolExecutor(2) as clients, stopped([first, second]):
+        requests = [clients.submit(server.transcribe, clip) for _ in range(2)]
+        wait_until(lambda: server.metric("sensevoice_decode_workers_busy") == 2, "one upload in each worker")
+        os.kill(first, signal.SIGKILL)
+    statuses = sorted(request.result().status_code for request in requests)
+    assert statuses == [200, 503]  # the other worker's upload is decoded as if nothing happened
+    assert server.transcribe(clip).status_code == 200
+
+
 def test_killed_decode_worker_is_replaced(decoder_server: LiveServer, speech: np.ndarray) -> None:
     server, clip = decoder_server, wav(speech[:16000])
     [idle] = server.decode_worker_pids()
