@@ -197,6 +197,7 @@ class RawUpload:
         encoded = httpx.Request("POST", server.url + path, files={field: ("clip.wav", data)})
         self.body = encoded.read()
         self.sent = 0
+        self.response_headers: dict[str, str] = {}
         head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(self.body)}"]
         self.content_type = encoded.headers["Content-Type"]
         head += [f"Content-Type: {self.content_type}"]
@@ -220,7 +221,11 @@ class RawUpload:
                 break
             received += chunk
         head, _, body = received.partition(b"\r\n\r\n")
-        return int(head.split()[1]), json.loads(body) if body else {}
+        status_line, *header_lines = head.decode().split("\r\n")
+        self.response_headers = {
+            name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)
+        }
+        return int(status_line.split()[1]), json.loads(body) if body else {}
 
     @staticmethod
     def _length(received: bytes) -> int:

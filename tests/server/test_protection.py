@@ -92,6 +92,7 @@ def test_upload_size_limit(strict: LiveServer) -> None:
     assert declared.status_code == 413 and "0.5 MB limit" in declared.json()["error"]["message"]
     undeclared = trickle(strict, too_big, seconds=0.2)  # chunked: counted while it streams in
     assert undeclared.status_code == 413 and "0.5 MB limit" in undeclared.json()["error"]["message"]
+    assert undeclared.headers["Connection"] == "close"  # answered mid-upload: the rest is not awaited
     assert strict.metric("sensevoice_requests_in_progress") == 0
 
 

@@ -50,6 +50,7 @@ def test_a_stalled_upload_gets_408_and_its_connection_closed(impatient: LiveServ
         upload.send(300)
         status, body = upload.response()
         assert status == 408 and body["error"]["message"] == "the upload sent nothing for 2 s"
+        assert upload.response_headers["connection"] == "close"  # the rest of its body is not awaited
         upload.wait_closed()
     finally:
         upload.close()
@@ -64,6 +65,7 @@ def test_an_upload_under_the_minimum_rate_gets_408(impatient: LiveServer, speech
             upload.send(1)
         status, body = upload.response()
         assert status == 408 and "slower than this server's minimum of 1 KB/s" in body["error"]["message"]
+        assert upload.response_headers["connection"] == "close"
         assert upload.sent < len(upload.body)
     finally:
         upload.close()

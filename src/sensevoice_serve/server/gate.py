@@ -72,14 +72,11 @@ class RequestGate:
     def settings(self) -> Settings:
         return self.service.settings
 
-    def _too_large(self) -> UploadTooLarge:
-        return UploadTooLarge(f"the upload is larger than the {self.settings.max_upload_mb:g} MB limit")
-
     def _declared_size(self, content_length: str | None) -> int:
         """The body's size by its Content-Length (0 when not given); 413 when over the limit."""
         declared = int(content_length) if content_length is not None and content_length.isdigit() else 0
         if declared > self.settings.max_upload_mb * 1024 * 1024:
-            raise self._too_large()
+            raise _too_large(self.settings)
         return declared
 
     def _check_upload_places(self) -> None:
@@ -100,13 +97,15 @@ class _WorkRequest:
         self.min_rate = settings.upload_min_rate_kb * KB
         self.started = time.monotonic()
         self.received = 0
-        self.body_read = asyncio.Event()
+        self.body_read = asyncio.Event()  # the whole body: the request timeout and disconnect watch begin
         self.responded = False
+        self.uploading = True
         gate.uploading += 1
 
-    def _upload_done(self) -> None:
-        if not self.body_read.is_set():
-            self.body_read.set()
+    def _stop_uploading(self) -> None:
+        """The upload place goes back: the body is complete, refused, or the request is over."""
+        if self.uploading:
+            self.uploading = False
             self.gate.uploading -= 1
 
     def _receive_within(self) -> float:
@@ -124,14 +123,15 @@ class _WorkRequest:
         try:
             message = await asyncio.wait_for(self.receive(), max(within, 0))
         except asyncio.TimeoutError:
-            self._upload_done()
+            self._stop_uploading()
             raise self._too_slow(within) from None
         self.received += len(message.get("body", b""))
         if self.received > self.max_bytes:
-            self._upload_done()
-            raise self.gate._too_large()
+            self._stop_uploading()
+            raise _too_large(self.gate.settings)
         if message["type"] != "http.request" or not message.get("more_body", False):
-            self._upload_done()
+            self._stop_uploading()
+            self.body_read.set()
         return message
 
     def _too_slow(self, within: float) -> UploadTimeout:
@@ -156,23 +156,24 @@ class _WorkRequest:
         deadline = asyncio.ensure_future(self._deadline())
         try:
             await asyncio.wait({work, deadline}, return_when=asyncio.FIRST_COMPLETED)
+            timed_out = not work.done()
         finally:
             watcher.cancel()
             deadline.cancel()
-            self._upload_done()
+            self._stop_uploading()
             if not work.done():  # the timeout, or this request's own task is being cancelled
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-        if not work.done() or work.cancelled():
-            if deadline.done() and not self.responded:
+        if timed_out:
+            if not self.responded:
                 timeout = self.gate.settings.request_timeout_seconds
                 error = RequestTimeout(
                     f"the request took longer than the {timeout:g} s timeout and was cancelled"
                 )
                 await sensevoice_error_response(error)(self.scope, self.receive, self.send)
-            return  # or cancelled: the client went away and there is nobody to answer
-        with contextlib.suppress(ClientDisconnect):  # gone in mid-upload: there is nobody to answer
-            work.result()  # an error of the app goes on to the outer middleware
+        elif not work.cancelled():  # cancelled: the client went away and there is nobody to answer
+            with contextlib.suppress(ClientDisconnect):  # gone in mid-upload: nobody to answer either
+                work.result()  # an error of the app goes on to the outer middleware
 
     async def _deadline(self) -> None:
         """The request timeout, counted from the end of the upload (which is bounded on its own)."""
@@ -184,3 +185,7 @@ class _WorkRequest:
         # Once the body is read, the next message from the server is the client's disconnect.
         if (await self.receive())["type"] == "http.disconnect" and not self.responded:
             work.cancel()
+
+
+def _too_large(settings: Settings) -> UploadTooLarge:
+    return UploadTooLarge(f"the upload is larger than the {settings.max_upload_mb:g} MB limit")
