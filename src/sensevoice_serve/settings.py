@@ -71,6 +71,21 @@ class Settings(BaseSettings):
         None, ge=0, description="a lone request's wait for batch company (default: tuned)"
     )
 
+    # Realtime transcription (WebSocket, /v1/realtime)
+    realtime_max_sessions: int = Field(100, ge=1, description="realtime sessions open at once (more refused)")
+    realtime_partial_interval_ms: float = Field(
+        300.0, ge=50, description="re-decode an open utterance for a partial result every this much audio"
+    )
+    realtime_max_utterance_seconds: float = Field(
+        15.0, ge=2, le=30, description="longest utterance partials re-decode (longer speech: cut at a pause)"
+    )
+    realtime_max_buffer_seconds: float = Field(
+        120.0, gt=0, description="uncommitted audio a session holds without server VAD (more refused)"
+    )
+    realtime_idle_timeout_seconds: float = Field(
+        60.0, gt=0, description="a realtime session that sends nothing for this long is closed"
+    )
+
     # CLI output
     output_format: OutputFormat = "txt"
     output_dir: str | None = None

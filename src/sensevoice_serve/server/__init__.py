@@ -21,6 +21,8 @@ SERVE_FLAGS = (
     "model", "host", "port", "device", "dtype", "api_key", "max_queue", "max_upload_mb",
     "max_duration_seconds", "request_timeout_seconds", "max_files_per_request", "decode_workers",
     "torch_threads", "max_batch_frames", "batch_size", "max_wait_ms", "language", "vad", "supervise",
+    "realtime_max_sessions", "realtime_partial_interval_ms", "realtime_max_utterance_seconds",
+    "realtime_max_buffer_seconds", "realtime_idle_timeout_seconds",
 )  # fmt: skip
 
 

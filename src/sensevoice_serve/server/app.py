@@ -21,10 +21,10 @@ from ..settings import Settings
 from .errors import error_response, sensevoice_error_response
 from .gate import RequestGate
 from .metrics import Metrics, RequestMetrics
-from .routes import health, native, openai, page
+from .routes import health, native, openai, page, realtime
 from .service import Service
 
-ROUTES = (openai, native, health, page)
+ROUTES = (openai, native, health, page, realtime)
 
 
 def create_app(settings: Settings, on_load_failure: Callable[[], None] | None = None) -> FastAPI:

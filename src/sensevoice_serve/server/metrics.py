@@ -63,6 +63,21 @@ class Metrics:
         )
         self.queue_seconds = self._latency("queue", "waiting for the inference worker")
         self.inference_seconds = self._latency("inference", "features, model and CTC decoding of a request")
+        self.realtime_sessions = Gauge(
+            "sensevoice_realtime_sessions", "open realtime (WebSocket) sessions", registry=self.registry
+        )
+        self.realtime_partials = Counter(
+            "sensevoice_realtime_partials",
+            "partial results by outcome: sent, or skipped (no room in the next batch)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.realtime_partial_seconds = self._latency(
+            "realtime_partial", "a partial result, from its request to its delta (queue and decode)"
+        )
+        self.realtime_final_seconds = self._latency(
+            "realtime_final", "from the end of an utterance (VAD end or commit) to its completed transcript"
+        )
 
     def _latency(self, name: str, what: str) -> Histogram:
         return Histogram(f"sensevoice_{name}_seconds", what, buckets=LATENCY_BUCKETS, registry=self.registry)
