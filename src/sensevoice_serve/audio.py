@@ -40,6 +40,13 @@ _DECLARED_OVER_LIMIT_FACTOR = 1.25
 _TRUNCATION_MIN_SHORTFALL_S = 0.5
 _TRUNCATION_MIN_SHORTFALL_FRACTION = 0.03
 
+# Real recordings lie between these rates (telephony's lowest, studio converters' highest); a header outside
+# is damaged or hostile. Converting from such a rate is not decoding: swresample spends seconds and up to
+# gigabytes on a filter for a 16 KB WAV claiming 163 MHz, and a WAV claiming 10 Hz turns each block of
+# frames into hours of samples at once.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768_000
+
 # Nested opens by demuxers such as concat would let an uploaded playlist read files from this machine;
 # our own input never needs a protocol (it arrives as a Python file object), so allow none.
 _FFMPEG_CONTAINER_OPTIONS = {"protocol_whitelist": "none"}
@@ -243,6 +250,15 @@ def _decoded(
         warnings.append(cut_off)
 
 
+def _checked_rate(rate: int) -> int:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioDecodeError(
+            f"unsupported sample rate {rate} Hz: audio is recorded at {MIN_SAMPLE_RATE // 1000} to "
+            f"{MAX_SAMPLE_RATE // 1000} kHz, so the file's header is damaged"
+        )
+    return rate
+
+
 def _check_duration(seconds: float, max_duration: float | None, how: str = "it is") -> None:
     if max_duration is not None and seconds > max_duration:
         raise AudioTooLongError(f"audio is longer than the {max_duration:g} s limit ({how} {seconds:.1f} s)")
@@ -320,6 +336,7 @@ def _soundfile_pieces(
     sound: soundfile.SoundFile, max_duration: float | None, keep_channels: bool, warnings: list[str]
 ) -> Iterator[np.ndarray]:
     with sound:
+        _checked_rate(sound.samplerate)
         # libsndfile counts WAV frames from the bytes actually present, so this is exact, not a claim.
         _check_duration(sound.frames / sound.samplerate, max_duration)
         resamplers = [_MonoResampler(sound.samplerate) for _ in range(sound.channels if keep_channels else 1)]
@@ -505,7 +522,7 @@ class _FrameConverter:
 
     def convert(self, frame: av.AudioFrame) -> np.ndarray:
         pieces = []
-        signature = (frame.format.name, frame.layout.name, frame.sample_rate)
+        signature = (frame.format.name, frame.layout.name, _checked_rate(frame.sample_rate))
         if signature != self._input_signature:
             # One resampler per stream; only a mid-stream change of format, layout or rate (which it
             # rejects) needs another. Flushing the old one keeps its buffered tail and frees it cleanly.
