@@ -102,6 +102,10 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     if conflict := _output_conflict(settings):
         print(f"error: {conflict}", file=sys.stderr)
         return EXIT_USAGE
+    if settings.ray:
+        from .ray.command import transcribe_on_ray
+
+        return transcribe_on_ray(files, settings)
     tuned = settings.tuned()
     model_files = resolve_model(settings.model)  # a hub id is downloaded once, here
     failures = 0
@@ -117,6 +121,8 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
 
 def _output_conflict(settings: Settings) -> str | None:
     """Why the output flags cannot all be honoured, if they cannot."""
+    if settings.output and Path(settings.output).suffix.lower() == ".parquet" and not settings.ray:
+        return "--output *.parquet needs --ray (Ray Data writes Parquet); without it use a .jsonl file"
     explicit_format = "output_format" in settings.model_fields_set and settings.output_format != "json"
     if settings.output and explicit_format and not settings.output_dir:
         return (
@@ -128,11 +134,20 @@ def _output_conflict(settings: Settings) -> str | None:
 
 def _plan_bulk_run(files: list[Path], settings: Settings, model_files: ModelFiles, dtype: str) -> ResumePlan:
     """The files a bulk run still has to do; says what it leaves out, and why."""
-    from .device import DTYPES
-    from .manifest import file_identity, plan_resume
+    from .manifest import plan_resume
 
     manifest = Path(settings.output)
-    output_options = {
+    plan = plan_resume(files, manifest, output_options(settings, model_files, dtype), settings.retry_failed)
+    report_plan(plan, manifest)
+    return plan
+
+
+def output_options(settings: Settings, model_files: ModelFiles, dtype: str) -> dict:
+    """What changes a file's result, besides the file: part of its key in a bulk results file."""
+    from .device import DTYPES
+    from .manifest import file_identity
+
+    return {
         "model": [file_identity(path) for path in model_files.paths],  # new weights: every file again
         "dtype": str(DTYPES.get(dtype, dtype)),
         "language": settings.language,
@@ -142,7 +157,10 @@ def _plan_bulk_run(files: list[Path], settings: Settings, model_files: ModelFile
         "max_segment_seconds": settings.max_segment_seconds,
         "split_channels": settings.split_channels,
     }
-    plan = plan_resume(files, manifest, output_options, settings.retry_failed)
+
+
+def report_plan(plan: ResumePlan, manifest: Path) -> None:
+    """Say what a bulk run leaves out of ``plan``, and why."""
     for path, reason in plan.unreadable:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if plan.already_done:
@@ -152,7 +170,6 @@ def _plan_bulk_run(files: list[Path], settings: Settings, model_files: ModelFile
             f"{plan.not_retried} recorded failure(s) in {manifest} not retried (use --retry-failed)",
             file=sys.stderr,
         )
-    return plan
 
 
 def _open_sinks(settings: Settings, keys: dict[Path, str], several: bool) -> list[Sink]:
@@ -253,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--batch-size", type=int, help="at most this many utterances per forward")
     transcribe.add_argument("--torch-threads", type=int, help="torch threads (default: tuned)")
     transcribe.add_argument("--max-batch-frames", type=int, help="padded 60 ms frames per forward")
+    transcribe.add_argument(
+        "--ray", action="store_true", default=None, help="run on Ray Data (also: --output results.parquet)"
+    )
+    transcribe.add_argument("--ray-address", help="with --ray: a running Ray cluster (default: a local one)")
 
     transcribe.set_defaults(handler=_transcribe_command)
 

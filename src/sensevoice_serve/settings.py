@@ -86,6 +86,20 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a realtime session that sends nothing for this long is closed"
     )
 
+    # Ray (the `ray` extra): serve --ray runs a Ray Serve app, transcribe --ray a Ray Data pipeline
+    ray: bool = Field(False, description="run on Ray (Serve for serve, Data for transcribe)")
+    ray_address: str | None = Field(
+        None, description="a running Ray cluster to join (default: start a local one, on loopback only)"
+    )
+    replicas: int | None = Field(
+        None, ge=1, description="engine copies on Ray: Serve replicas, Data actors (default: GPUs or 1)"
+    )
+    ray_cpus_per_replica: float | None = Field(
+        None, gt=0, description="cores each engine copy reserves on Ray (default: from the cluster's cores)"
+    )
+    ray_object_store_mb: int = Field(500, ge=100, description="object store of a local Ray cluster")
+    ray_dashboard: bool = Field(False, description="start Ray's dashboard (loopback) with a local cluster")
+
     # CLI output
     output_format: OutputFormat = "txt"
     output_dir: str | None = None

@@ -22,7 +22,7 @@ SERVE_FLAGS = (
     "max_duration_seconds", "request_timeout_seconds", "max_files_per_request", "decode_workers",
     "torch_threads", "max_batch_frames", "batch_size", "max_wait_ms", "language", "vad", "supervise",
     "realtime_max_sessions", "realtime_partial_interval_ms", "realtime_max_utterance_seconds",
-    "realtime_max_buffer_seconds", "realtime_idle_timeout_seconds",
+    "realtime_max_buffer_seconds", "realtime_idle_timeout_seconds", "ray", "replicas", "ray_address",
 )  # fmt: skip
 
 
@@ -65,6 +65,10 @@ def _serve_command(args: argparse.Namespace) -> int:
         from .runner import serve
 
         return serve(settings, socket.socket(fileno=args.listen_fd))
+    if settings.ray:  # Ray restarts replicas itself: no supervisor
+        from ..ray.command import run_serve
+
+        return run_serve(settings)
     if settings.supervise:
         from .supervisor import supervise
 
