@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 MODELSCOPE_DISABLE_TELEMETRY=1
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/pip install -q -c constraints.txt -e '.[test]'
+.venv/bin/pip install -q -c constraints.txt -e '.[test,ray]'
 .venv/bin/ruff check .
 # The web page's browser test needs Debian's chromium and chromium-driver (tests never download anything).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
