@@ -94,6 +94,8 @@ class Scramble:
     seed: int
 
     def apply(self, data: bytearray) -> bytearray:
+        if len(data) < 2:  # it cuts somewhere after the first byte
+            return data
         return bytearray(_mutated(bytes(data), np.random.default_rng(self.seed)))
 
 
