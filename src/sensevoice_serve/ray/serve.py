@@ -14,6 +14,7 @@ before it is routed to, waits for that.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -40,6 +41,8 @@ class SenseVoiceReplica:
     """One engine and its scheduler, serving the same HTTP API as ``sensevoice serve``."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        _log_to_stderr()  # Ray passes a replica's stderr on to the driver: the operator sees it become ready
+        _bind_replica_server_to_node_address()
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         # The lifespan (which Serve runs after __serve_build_asgi_app__) loads the model in the background.
         self._app = create_app(engine_settings(Settings(**settings), cpus))
@@ -55,6 +58,32 @@ class SenseVoiceReplica:
             await asyncio.sleep(LOAD_POLL_SECONDS)
         if self._service.state is State.FAILED:
             raise RuntimeError(f"the model failed to load: {self._service.load_error}")
+
+
+def _bind_replica_server_to_node_address() -> None:
+    """Ray Serve 2.60 binds each replica's inter-deployment gRPC server, which takes requests into the
+    replica, to every interface ("[::]:0", written into ``ray.serve._private.replica``), though its callers
+    reach it at the node's address. Bound to that address instead: loopback on a local cluster, so nothing
+    of it faces the network. Runs in the replica's constructor, before Serve starts that server."""
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    node = ray.util.get_node_ip_address()
+    host = f"[{node}]" if ":" in node else node
+
+    def bind_to_node(server: Any, address: str) -> int:
+        return bind(server, address.replace("[::]", host, 1) if address.startswith("[::]:") else address)
+
+    replica.add_port_to_grpc_server = bind_to_node
+
+
+def _log_to_stderr() -> None:
+    package = logging.getLogger("sensevoice_serve")
+    package.setLevel(logging.INFO)
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        package.addHandler(handler)
 
 
 def application(settings: Settings, plan: EnginePlan) -> Application:
