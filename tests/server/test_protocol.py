@@ -66,3 +66,10 @@ def test_the_next_request_on_a_kept_alive_connection_is_timed_too(port: int) -> 
         client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a second request, never finished
         answered = read_until_closed(client)
     assert answered.startswith(b"HTTP/1.1 200") and answered.endswith(b"ok")
+
+
+def test_sensevoice_serve_uses_the_header_timeout(start_server) -> None:
+    live = start_server(header_timeout_seconds=1)
+    with connect(int(live.url.rsplit(":", 1)[1])) as client:
+        client.sendall(b"POST /v1/transcribe HTTP/1.1\r\nHost: x\r\n")
+        assert read_until_closed(client) == b""

@@ -23,6 +23,8 @@ SERVE_FLAGS = (
     "torch_threads", "max_batch_frames", "batch_size", "max_wait_ms", "language", "vad", "supervise",
     "realtime_max_sessions", "realtime_partial_interval_ms", "realtime_max_utterance_seconds",
     "realtime_max_buffer_seconds", "realtime_idle_timeout_seconds", "ray", "replicas", "ray_address",
+    "max_uploads", "max_upload_temp_mb", "upload_idle_timeout_seconds", "upload_min_rate_kb",
+    "header_timeout_seconds", "decode_timeout_seconds", "public_metrics",
 )  # fmt: skip
 
 

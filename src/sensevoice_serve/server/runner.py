@@ -11,6 +11,7 @@ import uvicorn
 from ..settings import Settings
 from . import EXIT_LOAD_FAILED, EXIT_OK
 from .app import create_app
+from .protocol import http_protocol
 from .service import Service
 
 
@@ -39,7 +40,13 @@ def serve(settings: Settings, listener: socket.socket | None = None) -> int:
     app = create_app(settings, on_load_failure=stop_serving)
     service: Service = app.state.service
     # No graceful-shutdown cap: the request timeout already bounds how long an in-flight request can take.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=None)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=http_protocol(settings),
+        timeout_graceful_shutdown=None,
+    )
     server = DrainingServer(config, service)
     server.run(sockets=None if listener is None else [listener])
     return EXIT_LOAD_FAILED if service.load_error is not None else EXIT_OK
