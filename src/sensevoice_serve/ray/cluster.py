@@ -14,11 +14,15 @@ inherit them, so they are set before the first ``import ray`` (this module impor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import InvalidOption
 from ..settings import Settings
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 MB = 1024 * 1024
 SAFE_ENVIRONMENT = {"RAY_USAGE_STATS_ENABLED": "0"}
 LOCAL_ONLY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+EXIT_WAIT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,8 @@ def ray_missing_error() -> InvalidOption:
 
 @contextmanager
 def ray_cluster(settings: Settings) -> Iterator[Cluster]:
-    """Join ``settings.ray_address`` or start a local cluster; at the end leave it, or stop the local one."""
+    """Join ``settings.ray_address`` or start a local cluster; at the end leave it, or stop the local one
+    (every process below this one, which is the command's: nothing else may run below it)."""
     local = not settings.ray_address
     os.environ.update(SAFE_ENVIRONMENT)
     if local:
@@ -72,4 +78,52 @@ def ray_cluster(settings: Settings) -> Iterator[Cluster]:
         )  # fmt: skip
         yield cluster
     finally:
-        ray.shutdown()  # a local cluster's processes go with it; a joined one is only left
+        started = _descendants(os.getpid()) if local else set()
+        ray.shutdown()  # a joined cluster is only left
+        _end(started)
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below ``root``: a local cluster's daemons, their workers and what those started."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in _live_processes().items():
+        children.setdefault(parent, []).append(pid)
+    found, pending = set(), [root]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.add(child)
+            pending.append(child)
+    return found
+
+
+def _end(pids: set[int]) -> None:
+    """End what is left of a local cluster: ``ray.shutdown`` stops its daemons, and its workers would leave a
+    few seconds later, once they notice. They are asked to go now (SIGTERM), and killed if still there after
+    ``EXIT_WAIT_SECONDS``: the command ends with nothing of its cluster left behind."""
+    _signal(pids & _live_processes().keys(), signal.SIGTERM)
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    while (left := pids & _live_processes().keys()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if left:
+        logger.warning("Ray processes %s still running after shutdown: killed", sorted(left))
+        _signal(left, signal.SIGKILL)
+
+
+def _signal(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _live_processes() -> dict[int, int]:
+    """pid -> parent pid of every process but zombies (exited, waiting for their parent to collect them)."""
+    processes = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            if state != "Z":
+                processes[int(entry.name)] = int(parent)
+    return processes

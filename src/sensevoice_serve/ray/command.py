@@ -18,7 +18,7 @@ from ..checkpoint import resolve_model
 from ..errors import SenseVoiceError
 from ..settings import Settings
 from .cluster import Cluster, ray_cluster
-from .resources import EnginePlan, engine_tuned, plan_actors, plan_replicas
+from .resources import engine_tuned, plan_actors, plan_replicas
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
@@ -85,19 +85,19 @@ def transcribe_on_ray(files: list[Path], settings: Settings) -> int:
     """``transcribe --ray``: the plain CLI's outputs and resume, the work on Ray Data; the exit code."""
     model_files = resolve_model(settings.model)
     with ray_cluster(settings) as cluster:
-        plan = plan_actors(settings, cluster.cpus, cluster.gpus)
-        return _transcribe(files, settings, plan, model_files)
+        return _transcribe(files, settings, cluster, model_files)
 
 
-def _transcribe(files: list[Path], settings: Settings, plan: EnginePlan, model_files: ModelFiles) -> int:
+def _transcribe(files: list[Path], settings: Settings, cluster: Cluster, model_files: ModelFiles) -> int:
     from ..cli import output_options, report_plan
     from .data import transcribe_dataset
     from .outputs import open_sinks, plan_bulk_run
 
+    plan = plan_actors(settings, cluster.cpus, cluster.gpus)
     keys: dict[Path, str] = {}
     failures = 0
     if settings.output:
-        options = output_options(settings, model_files, engine_tuned(settings, plan).dtype)
+        options = output_options(settings, model_files, engine_tuned(settings, plan, cluster.local).dtype)
         bulk = plan_bulk_run(files, settings, options)
         report_plan(bulk, Path(settings.output))
         failures = len(bulk.unreadable) + bulk.not_retried

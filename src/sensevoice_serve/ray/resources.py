@@ -73,9 +73,12 @@ def engine_settings(settings: Settings, cpus: float) -> Settings:
     )
 
 
-def engine_tuned(settings: Settings, plan: EnginePlan) -> TunedSettings:
-    """The device and precision the engines will run with, asked of a Ray worker that holds what an engine
-    holds (the kind of GPU decides the precision, and the caller may run on a machine without one)."""
+def engine_tuned(settings: Settings, plan: EnginePlan, local: bool) -> TunedSettings:
+    """The device and precision the engines will run with. On a local cluster they run on this machine; on
+    another, a Ray worker that holds what an engine holds is asked (the kind of GPU decides the precision,
+    and this machine may have none)."""
+    if local:
+        return engine_settings(settings, plan.cpus).tuned()
     import ray
 
     probe = ray.remote(num_cpus=plan.cpus, num_gpus=plan.gpus)(_tuned_here)
