@@ -47,10 +47,17 @@ def serving_process(server: LiveServer) -> int:
     return serving
 
 
+def temp_dirs(server: LiveServer) -> set[Path]:
+    """The serving processes' own temp directories, inside the supervisor's TMPDIR."""
+    return set(server.temp_dir.glob("sensevoice-serve-*"))
+
+
 def test_a_killed_serving_process_is_replaced_while_new_connections_wait(tiny_model_dir: Path) -> None:
     server = wait_ready(launch(tiny_model_dir))
     try:
         killed_process = serving_process(server)
+        [killed_temp_dir] = temp_dirs(server)
+        (killed_temp_dir / "upload-in-flight").write_bytes(b"left by a killed process")
         os.kill(killed_process, signal.SIGKILL)
         killed = time.monotonic()
         assert wait_gone([killed_process]) == []
@@ -62,6 +69,7 @@ def test_a_killed_serving_process_is_replaced_while_new_connections_wait(tiny_mo
         print(f"ready again {time.monotonic() - killed:.1f} s after SIGKILL")
         replacement = serving_process(server)
         assert replacement != killed_process
+        assert not killed_temp_dir.exists() and len(temp_dirs(server)) == 1
         decoders = children(replacement)
 
         server.process.send_signal(signal.SIGTERM)

@@ -6,6 +6,8 @@ being refused. SIGTERM/SIGINT close the socket and pass the signal on: the servi
 requests finish) and the supervisor exits 0. A model that fails to load ends it all with 1, without a
 restart loop. The serving process holds the read end of a pipe whose write end only the supervisor has: it
 drains and exits when that pipe closes, so it never outlives its supervisor, however that one ended.
+Each serving process gets a temp directory of its own (its TMPDIR), removed once it has ended: a process
+killed in the middle of uploads leaves their files there, which nothing else would ever remove.
 
 This module stays light: the supervisor never imports torch or the app.
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from types import FrameType
@@ -62,8 +66,12 @@ class Supervisor:
         code, quick_deaths = EXIT_OK, 0
         while not self.stopping:
             started = time.monotonic()
-            self.child = self._start(lifeline)
-            code = self.child.wait()
+            temp_dir = tempfile.mkdtemp(prefix="sensevoice-serve-")
+            try:
+                self.child = self._start(lifeline, temp_dir)
+                code = self.child.wait()
+            finally:
+                shutil.rmtree(temp_dir, ignore_errors=True)
             if self.stopping:
                 break
             if code in (EXIT_LOAD_FAILED, UVICORN_STARTUP_FAILURE):
@@ -77,12 +85,13 @@ class Supervisor:
             self._pause(delay)
         return EXIT_LOAD_FAILED if code == EXIT_LOAD_FAILED else EXIT_OK
 
-    def _start(self, lifeline: int) -> subprocess.Popen:
+    def _start(self, lifeline: int, temp_dir: str) -> subprocess.Popen:
         fd = self.listener.fileno()
         command = [sys.executable, "-m", "sensevoice_serve.cli", "serve"]
         command += ["--listen-fd", str(fd), "--lifeline-fd", str(lifeline)]
+        environment = {**self.environment, "TMPDIR": temp_dir}
         # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which passes it on once.
-        child = subprocess.Popen(command, env=self.environment, pass_fds=(fd, lifeline), process_group=0)
+        child = subprocess.Popen(command, env=environment, pass_fds=(fd, lifeline), process_group=0)
         logger.info("started serving process [%d]", child.pid)
         if self.stopping:  # a signal came while it started
             child.send_signal(signal.SIGTERM)
