@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from sensevoice_serve import decoding
 from sensevoice_serve.decoding import CTCDecoder, DecodeOptions, collapse
 from sensevoice_serve.errors import InvalidOption
 from sensevoice_serve.model import CTCHead
@@ -162,3 +163,20 @@ def test_prepare_reports_hotwords_the_model_cannot_write(tokenizer: Tokenizer) -
     options = DecodeOptions(beam_size=2, hotwords=["Ωμέγα", "ab"])
     assert decoder.prepare(options) == ["hotword 'Ωμέγα' skipped: the model cannot write 'Ωμέγα'"]
     assert decoder.decode(encoded, lengths, [options], [0.0], [1.0])[0].raw_text == "<|en|>"
+
+
+def test_beam_search_reads_the_same_scores_whatever_the_chunking(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, x = (tokenizer._sp.PieceToId(piece) for piece in "abx")
+    query = [(tokenizer.languages["en"], 20.0)] * 4
+    first = query + [[(x, 12.0), (a, 11.6)], (0, 16.0), [(b, 12.0), (x, 11.0)], (a, 9.0)]
+    second = query + [(0, 16.0), [(a, 12.0), (b, 11.9)], (b, 12.0)]
+    head, encoded, lengths = scripted_batch([first, second], tokenizer.vocab_size)
+    options = [DecodeOptions(beam_size=3, hotwords=["ab"]), DecodeOptions(beam_size=2)]
+    whole = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
+    monkeypatch.setattr(decoding, "LOGIT_ROWS_PER_CHUNK", 5)
+    monkeypatch.setattr(decoding, "SEARCHED_ROWS_PER_CHUNK", 2)
+    chunked = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
+    assert chunked == whole
+    assert [s.text for s in whole] == ["aba", "ab"]

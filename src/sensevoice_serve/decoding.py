@@ -28,6 +28,7 @@ from .tokenizer import UNKNOWN_EMOTION, Tokenizer
 FRAME_SECONDS = 0.06  # one LFR frame: 6 fbank frames of 10 ms
 BLANK_ID = 0
 LOGIT_ROWS_PER_CHUNK = 4096  # bounds the float32 (rows x vocab) logits held at once
+SEARCHED_ROWS_PER_CHUNK = 512  # rows normalised at once for beam search, on top of those logits
 MAX_BEAM_SIZE = 16
 CACHED_HOTWORD_GRAPHS = 8
 
@@ -112,14 +113,14 @@ def score_frames(
         logits[rows, ban[rows]] = float("-inf")
         best.append(logits.argmax(dim=-1))
         if k:
-            log_probs = torch.log_softmax(logits[searched[chunk]], dim=-1)
-            values, ids = log_probs.topk(k, dim=-1)
-            searched_scores.append(torch.cat([log_probs[:, BLANK_ID, None], values, ids.double()], dim=1))
+            searched_scores += top_k_log_probs(logits, searched[chunk], k)
     best_paths = list(torch.cat(best).cpu().split(lengths_list))
     if not k:
         return best_paths, [None] * len(lengths_list)
     counts = [max(n - NUM_QUERY_FRAMES, 0) if kk else 0 for n, kk in zip(lengths_list, top_k, strict=True)]
-    scores = torch.cat(searched_scores).cpu().double().numpy()
+    scores = (
+        torch.cat(searched_scores).cpu().double().numpy() if searched_scores else np.zeros((0, 1 + 2 * k))
+    )
     candidates: list[FrameCandidates | None] = []
     for rows, kk in zip(np.split(scores, np.cumsum(counts)[:-1]), top_k, strict=True):
         candidates.append(
@@ -130,6 +131,19 @@ def score_frames(
             else None
         )
     return best_paths, candidates
+
+
+def top_k_log_probs(logits: torch.Tensor, rows: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """(blank, k log-probabilities, their ids) of the ``rows`` of ``logits``, a few rows at a time: the
+    normalised copy of a whole chunk of logits would double decoding's peak memory."""
+    scores = []
+    for start in range(0, logits.shape[0], SEARCHED_ROWS_PER_CHUNK):
+        part = slice(start, start + SEARCHED_ROWS_PER_CHUNK)
+        if rows[part].any():
+            log_probs = torch.log_softmax(logits[part][rows[part]], dim=-1)
+            values, ids = log_probs.topk(k, dim=-1)
+            scores.append(torch.cat([log_probs[:, BLANK_ID, None], values, ids.double()], dim=1))
+    return scores
 
 
 def ctc_argmax(
