@@ -43,7 +43,8 @@ def plan_replicas(settings: Settings, cluster_cpus: float, cluster_gpus: float) 
     the cores, or all of them over the replicas."""
     gpu = uses_gpu(settings, cluster_gpus)
     count = _count(settings, cluster_gpus, gpu)
-    cpus = settings.ray_cpus_per_replica or max(1.0, math.floor(cluster_cpus / max(count, cluster_gpus)))
+    sharing = max(count, cluster_gpus) if gpu else count
+    cpus = settings.ray_cpus_per_replica or max(1.0, math.floor(cluster_cpus / sharing))
     return EnginePlan(count=count, cpus=cpus, gpus=int(gpu))
 
 
