@@ -139,7 +139,7 @@ MODES: dict[str, tuple[str, Callable[[argparse.Namespace], dict], list[tuple[str
         [
             ("--requests", int, 2000, "requests to generate"),
             ("--seed", int, 1, "Hypothesis seed: the same requests for the same seed"),
-            ("--bound", float, 30.0, "seconds per answer before it counts as a hang"),
+            ("--bound", float, 120.0, "seconds per answer before it counts as a hang"),
             ("--clients", int, 4, "requests in flight at once"),
             ("--max-duration", float, 300.0, "the server's max_duration_seconds"),
         ],

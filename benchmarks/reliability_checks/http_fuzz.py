@@ -123,7 +123,7 @@ def fuzz_http(
     tally = HttpTally(crash_dir)
     pids_before = server.serving_pids()
     memory = MemoryWatch(server.rss_mb)
-    rss = {"start": server.rss_mb()}
+    rss: dict = {"start": server.rss_mb(), "samples": []}  # samples: (requests, serving MB, workers MB)
     slots = threading.BoundedSemaphore(clients)
     client = httpx.Client(timeout=bound_seconds, limits=httpx.Limits(max_keepalive_connections=0))
     pool = ThreadPoolExecutor(clients)
@@ -141,6 +141,7 @@ def fuzz_http(
         if done == max(1, count // 10):
             rss["after_warm_up"] = server.rss_mb()
         if done % PROGRESS_EVERY == 0:
+            rss["samples"].append((done, *server.rss_parts_mb()))
             print(f"http fuzz: {done} requests, {dict(tally.outcomes)}", file=sys.stderr, flush=True)
 
     @campaign(fuzz_requests(corpus), count, seed)

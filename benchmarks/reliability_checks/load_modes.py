@@ -71,25 +71,30 @@ def run_overload(
 
 
 def run_soak(server: Server, bodies: list[Body], total: int, clients: int, sample_every: int) -> dict:
-    samples: list[tuple[int, float]] = []
+    samples: list[tuple[int, float, float]] = []  # (requests, serving process MB, decode workers MB)
     warm_up_count = total // 10
 
     def on_answer(count: int) -> None:
         if count % sample_every == 0 or count == warm_up_count:
-            samples.append((count, server.rss_mb()))
+            samples.append((count, *server.rss_parts_mb()))
         if count % (sample_every * 4) == 0:
-            print(f"soak: {count} requests, RSS {samples[-1][1]:.0f} MB", file=sys.stderr, flush=True)
+            print(f"soak: {count} requests, RSS {sum(samples[-1][1:]):.0f} MB", file=sys.stderr, flush=True)
 
     started = time.monotonic()
     outcomes = asyncio.run(closed_loop(server.url, bodies, clients, total=total, on_answer=on_answer))
     figures = summarize(outcomes, time.monotonic() - started)
-    warm = next(mb for count, mb in samples if count >= warm_up_count)
+    totals = [(count, serving + workers) for count, serving, workers in samples]
+    warm = next(mb for count, mb in totals if count >= warm_up_count)
     return {
         **figures,
         "clients": clients,
         "wall_seconds": time.monotonic() - started,
         "audio_seconds_per_request": sum(body.seconds for body in bodies) / len(bodies),
-        "rss_mb": {"after_warm_up": warm, "end": server.rss_mb(), "peak": max(mb for _, mb in samples)},
+        "rss_mb": {
+            "after_warm_up": warm,
+            "end": server.rss_mb(),
+            "peak": max(serving + workers for _, serving, workers in samples),
+        },
         "warm_up_requests": warm_up_count,
         "rss_samples": samples,
         "ready_after": server.ready(timeout=30),

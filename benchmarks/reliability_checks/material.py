@@ -87,9 +87,7 @@ def seed_corpus(directory: Path = SHARED_AUDIO) -> dict[str, bytes]:
     return {**recordings, **generated_containers(speech)}
 
 
-def load_clips(
-    directory: Path = SHARED_AUDIO, lengths: tuple[float, ...] = (0.5, 1, 2, 3, 5)
-) -> list[Clip]:
+def load_clips(directory: Path = SHARED_AUDIO, lengths: tuple[float, ...] = (0.5, 1, 2, 3, 5)) -> list[Clip]:
     """Speech clips of mixed lengths, each as a 16-bit WAV and as an MP3."""
     speech = speech_material(directory, 60)
     clips = []

@@ -41,6 +41,11 @@ class Server(LiveServer):
     def rss_mb(self) -> float:
         return rss_mb(self.serving_pids())
 
+    def rss_parts_mb(self) -> tuple[float, float]:
+        """(the serving process, its decode workers): which side memory growth is on."""
+        pids = self.serving_pids()
+        return rss_mb(pids[:1]), rss_mb(pids[1:])
+
     def ready(self, timeout: float = 5) -> bool:
         try:
             return httpx.get(self.url + "/ready", timeout=timeout).status_code == 200
