@@ -93,7 +93,7 @@ def run_soak(server: Server, bodies: list[Body], total: int, clients: int, sampl
         "rss_mb": {
             "after_warm_up": warm,
             "end": server.rss_mb(),
-            "peak": max(serving + workers for _, serving, workers in samples),
+            "peak": max(mb for _, mb in totals),
         },
         "warm_up_requests": warm_up_count,
         "rss_samples": samples,
