@@ -255,11 +255,13 @@ class CTCDecoder:
         indices = [i for i, c in enumerate(candidates) if c is not None]
         if not indices:
             return {}
-        hotword_lists = list(dict.fromkeys(options[i].hotwords for i in indices))
+        # A request's utterances share one list: told apart by identity, 10,000 phrases are not rehashed.
+        hotword_lists = {id(options[i].hotwords): options[i].hotwords for i in indices}
         graph, roots = None, None
-        if any(hotword_lists):
-            graph, offsets = stack_graphs([self._hotword_graph(h) for h in hotword_lists])
-            roots = np.array([offsets[hotword_lists.index(options[i].hotwords)] for i in indices])
+        if any(hotword_lists.values()):
+            graph, offsets = stack_graphs([self._hotword_graph(h) for h in hotword_lists.values()])
+            position = {key: offset for key, offset in zip(hotword_lists, offsets, strict=True)}
+            roots = np.array([position[id(options[i].hotwords)] for i in indices])
         hypotheses = prefix_beam_search(
             [candidates[i] for i in indices], [options[i].beam_size for i in indices], graph, roots
         )
