@@ -1,0 +1,109 @@
+"""The int8 runtime: the model's two graphs (``int8_build``) run by onnxruntime on the CPU.
+
+It answers the same calls as the torch model (``encode`` and ``ctc.logits``), in float32 tensors, so the
+pipeline, the scheduler and decoding run it unchanged. onnxruntime keeps its own thread pool, sized from
+torch's thread count when the model loads (the setting ``torch_threads`` sizes both).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..errors import ModelLoadError
+from ..model import NUM_QUERY_FRAMES, language_row, textnorm_row
+from .int8_build import CTC, CTC_INPUT, CTC_OUTPUT, ENCODER, ENCODER_OUTPUT, GRAPH_FILES
+from .int8_cache import discard, ensure_int8_model
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+    from ..checkpoint import ModelFiles
+    from ..tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Int8CTCHead:
+    """``CTCHead.logits`` on the int8 graph: float32 logits of any frames."""
+
+    def __init__(self, session: onnxruntime.InferenceSession):
+        self.session = session
+
+    def logits(self, encoded: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        frames = np.ascontiguousarray(encoded.reshape(-1, encoded.shape[-1]).float().numpy())
+        (logits,) = self.session.run([CTC_OUTPUT], {CTC_INPUT: frames})
+        logits = torch.from_numpy(logits).reshape(*encoded.shape[:-1], -1)
+        return logits if rows is None else logits[..., rows]
+
+
+class Int8SenseVoice:
+    """The encoder and CTC head as onnxruntime sessions over int8 weights."""
+
+    def __init__(self, encoder: onnxruntime.InferenceSession, ctc: onnxruntime.InferenceSession):
+        self.session = encoder
+        self.ctc = Int8CTCHead(ctc)
+
+    def encode(
+        self, features: torch.Tensor, lengths: torch.Tensor, languages: Sequence[str], use_itn: Sequence[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``SenseVoiceSmall.encode``: float32 frames (B, T + 4, d) and their lengths."""
+        feed = {
+            "x": np.ascontiguousarray(features.float().numpy()),
+            "x_length": lengths.numpy().astype(np.int32),
+            "language": np.array([language_row(language) for language in languages], dtype=np.int32),
+            "text_norm": np.array([textnorm_row(itn) for itn in use_itn], dtype=np.int32),
+        }
+        (encoded,) = self.session.run([ENCODER_OUTPUT], feed)
+        return torch.from_numpy(encoded), lengths + NUM_QUERY_FRAMES
+
+
+def session_options(threads: int) -> onnxruntime.SessionOptions:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # The graphs were optimized when they were built; doing it again only costs start-up time.
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # errors only: it warns about unused initializers of optimized graphs
+    return options
+
+
+def open_sessions(entry: Path, threads: int) -> Int8SenseVoice:
+    import onnxruntime
+
+    sessions = {
+        name: onnxruntime.InferenceSession(
+            str(entry / GRAPH_FILES[name][0]), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        for name in (ENCODER, CTC)
+    }
+    return Int8SenseVoice(sessions[ENCODER], sessions[CTC])
+
+
+def load_int8_runtime(
+    files: ModelFiles, tokenizer: Tokenizer, cache_dir: str | Path | None = None
+) -> Int8SenseVoice:
+    """The int8 runtime of ``files``, built into the cache first if needed; a cached build that fails to
+    load is rebuilt once."""
+    threads = torch.get_num_threads()
+    entry = ensure_int8_model(files, tokenizer, cache_dir)
+    try:
+        runtime = open_sessions(entry, threads)
+    except Exception as error:  # onnxruntime raises its own types for a damaged graph or data file
+        discard(entry, str(error).splitlines()[0] if str(error) else type(error).__name__)
+        entry = ensure_int8_model(files, tokenizer, cache_dir)
+        try:
+            runtime = open_sessions(entry, threads)
+        except Exception as again:
+            message = f"the int8 model built from {files.weights} does not load: {again}"
+            raise ModelLoadError(message) from again
+    if files.random_weights:
+        logger.warning("%s holds RANDOM weights: its transcripts are meaningless", files.directory)
+    return runtime
