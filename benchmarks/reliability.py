@@ -45,7 +45,8 @@ def tiny_checkpoint(work_dir: Path) -> Path:
 def fuzz_decoder_mode(args: argparse.Namespace) -> dict:
     from reliability_checks.decoder_fuzz import fuzz_decoder
 
-    return fuzz_decoder(seed_corpus(), args.inputs, args.seed, args.bound, args.work_dir / "crashes")
+    bounds = (args.bound, args.memory_bound)
+    return fuzz_decoder(seed_corpus(), args.inputs, args.seed, bounds, args.work_dir / "crashes")
 
 
 def fuzz_http_mode(args: argparse.Namespace) -> dict:
@@ -131,6 +132,7 @@ MODES: dict[str, tuple[str, Callable[[argparse.Namespace], dict], list[tuple[str
             ("--inputs", int, 10000, "inputs to generate"),
             ("--seed", int, 1, "Hypothesis seed: the same inputs for the same seed"),
             ("--bound", float, 10.0, "seconds per input before it counts as a hang"),
+            ("--memory-bound", float, 1024.0, "MB of peak RSS in the decoding process before it counts"),
         ],
     ),
     "fuzz-http": (

@@ -2,7 +2,8 @@
 
 Each input is decoded in a long-lived child process, so that a crash of native code (FFmpeg, libsndfile)
 or a hang is caught and counted instead of ending the run: a child that dies is a crash, one that does not
-answer within the bound is a hang (it is killed); either way a fresh child takes over. What may come out of
+answer within the time bound is a hang (it is killed), one whose peak memory passes the memory bound a
+memory hog; either way a fresh child takes over. What may come out of
 the decoder is what the unit test allows (``tests/test_audio_fuzz.py``, whose checks run here): model-ready
 audio, ``AudioDecodeError`` or ``AudioTooLongError``; anything else is a crash, with its traceback.
 """
@@ -10,6 +11,7 @@ audio, ``AudioDecodeError`` or ``AudioTooLongError``; anything else is a crash, 
 from __future__ import annotations
 
 import multiprocessing
+import resource
 import sys
 import time
 import traceback
@@ -24,28 +26,38 @@ from .mutations import FuzzCase, campaign, fuzz_cases
 from .processes import rss_mb
 
 PROGRESS_EVERY = 500
+SLOWEST_KEPT = 5
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
 def _decode_requests(connection: Connection) -> None:
-    """The child: decode each input it is sent and answer ("decoded" | "rejected" | "crash", detail)."""
+    """The child: decode each input it is sent and answer ("decoded" | "rejected" | "crash", detail, its
+    peak RSS in MB so far)."""
     from tests.test_audio_fuzz import _decodes_or_fails_alone, _streams_or_fails_alone
 
-    connection.send(("ready", ""))  # imports done: what follows is timed as decoding
+    connection.send(("ready", "", _peak_rss_mb()))  # imports done: what follows is timed as decoding
     while True:
         data = connection.recv_bytes()
         try:
             outcome = "decoded" if _decodes_or_fails_alone(data) else "rejected"
             _streams_or_fails_alone(data)
-            connection.send((outcome, ""))
+            connection.send((outcome, "", _peak_rss_mb()))
         except BaseException:  # noqa: BLE001 - exactly what the fuzzer looks for
-            connection.send(("crash", traceback.format_exc()))
+            connection.send(("crash", traceback.format_exc(), _peak_rss_mb()))
 
 
 class IsolatedDecoder:
-    """A child process that decodes, replaced whenever it dies or overruns."""
+    """A child process that decodes, replaced whenever it dies, overruns ``bound_seconds`` on one input or
+    its peak memory passes ``memory_bound_mb`` (which a legitimate input of at most LIMIT_SECONDS, 30 s,
+    never approaches: the child idles at about 300 MB)."""
 
-    def __init__(self) -> None:
+    def __init__(self, bound_seconds: float, memory_bound_mb: float) -> None:
+        self.bound_seconds, self.memory_bound_mb = bound_seconds, memory_bound_mb
         self.restarts = 0
+        self.peak_rss_mb = 0.0
         self._start()
 
     def _start(self) -> None:
@@ -64,21 +76,30 @@ class IsolatedDecoder:
         self.restarts += 1
         self._start()
 
-    def decode(self, data: bytes, bound_seconds: float) -> tuple[str, str, float]:
-        """(outcome, detail, seconds): outcome is decoded, rejected, crash, died or hang."""
+    def decode(self, data: bytes) -> tuple[str, str, float]:
+        """(outcome, detail, seconds): outcome is decoded, rejected, crash, died, hang or memory."""
         started = time.monotonic()
         try:
             self._connection.send_bytes(data)
-            if not self._connection.poll(bound_seconds):
+            if not self._connection.poll(self.bound_seconds):
                 self._replace()
-                return "hang", f"no answer within {bound_seconds:g} s", time.monotonic() - started
-            outcome, detail = self._connection.recv()
+                return "hang", f"no answer within {self.bound_seconds:g} s", time.monotonic() - started
+            outcome, detail, peak_mb = self._connection.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
             self.process.join()
             code = self.process.exitcode
             self._replace()
             return "died", f"the decoding process ended with exit code {code}", time.monotonic() - started
-        return outcome, detail, time.monotonic() - started
+        seconds = time.monotonic() - started
+        self.peak_rss_mb = max(self.peak_rss_mb, peak_mb)
+        if peak_mb > self.memory_bound_mb:
+            self._replace()  # a fresh child: the next input's peak is its own
+            return (
+                "memory",
+                f"peak RSS {peak_mb:.0f} MB, over {self.memory_bound_mb:g} MB ({outcome})",
+                seconds,
+            )
+        return outcome, detail, seconds
 
     def close(self) -> None:
         self.process.kill()
@@ -94,11 +115,13 @@ class Tally:
     by_seed: Counter = field(default_factory=Counter)
     seconds: list[float] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    slowest: list[tuple[float, str]] = field(default_factory=list)  # (seconds, recipe), the slowest first
 
     def add(self, case: FuzzCase, data: bytes, outcome: str, detail: str, seconds: float) -> None:
         self.outcomes[outcome] += 1
         self.by_seed[case.seed] += 1
         self.seconds.append(seconds)
+        self.slowest = sorted([*self.slowest, (seconds, repr(case))], reverse=True)[:SLOWEST_KEPT]
         if outcome in ("decoded", "rejected"):
             return
         self.crash_dir.mkdir(parents=True, exist_ok=True)
@@ -114,17 +137,20 @@ class Tally:
             "inputs_per_seed": dict(self.by_seed),
             "crashes": sum(self.outcomes[kind] for kind in ("crash", "died")),
             "hangs": self.outcomes["hang"],
+            "memory_hogs": self.outcomes["memory"],
             "p99_seconds": percentile(self.seconds, 0.99) if self.seconds else None,
             "max_seconds": max(self.seconds, default=None),
             "failures": self.failures,
+            "slowest": self.slowest,
         }
 
 
 def fuzz_decoder(
-    corpus: dict[str, bytes], count: int, seed: int, bound_seconds: float, crash_dir: Path
+    corpus: dict[str, bytes], count: int, seed: int, bounds: tuple[float, float], crash_dir: Path
 ) -> dict:
-    """``count`` Hypothesis inputs (reproducible from ``seed``) through an isolated decoder."""
-    decoder = IsolatedDecoder()
+    """``count`` Hypothesis inputs (reproducible from ``seed``) through an isolated decoder; ``bounds``:
+    (seconds, peak MB) per input."""
+    decoder = IsolatedDecoder(*bounds)
     tally = Tally(crash_dir)
     started = time.monotonic()
     rss_start: float | None = None
@@ -133,7 +159,7 @@ def fuzz_decoder(
     def fuzz(case: FuzzCase) -> None:
         nonlocal rss_start
         data = case.build(corpus)
-        tally.add(case, data, *decoder.decode(data, bound_seconds))
+        tally.add(case, data, *decoder.decode(data))
         done = len(tally.seconds)
         if done == PROGRESS_EVERY // 5:  # the first inputs have loaded every codec
             rss_start = rss_mb([decoder.process.pid])
@@ -148,9 +174,10 @@ def fuzz_decoder(
     summary = tally.summary()
     summary.update(
         seed=seed,
-        bound_seconds=bound_seconds,
+        bound_seconds=decoder.bound_seconds,
+        memory_bound_mb=decoder.memory_bound_mb,
         wall_seconds=time.monotonic() - started,
         decoder_restarts=decoder.restarts,
-        decoder_rss_mb={"after_warm_up": rss_start, "end": rss_end},
+        decoder_rss_mb={"after_warm_up": rss_start, "end": rss_end, "peak": decoder.peak_rss_mb},
     )
     return summary

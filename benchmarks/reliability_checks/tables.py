@@ -19,15 +19,16 @@ def _latency(figures: dict) -> str:
 
 def fuzz_decoder(figures: dict) -> Rows:
     rss = figures["decoder_rss_mb"]
+    bounds = f"bounds {figures['bound_seconds']:g} s, {figures['memory_bound_mb']:g} MB"
     return [
         ("inputs", f"{figures['inputs']:,} (seed {figures['seed']})"),
         ("outcomes", str(figures["outcomes"])),
         (
-            "crashes / hangs",
-            f"{figures['crashes']} / {figures['hangs']} (bound {figures['bound_seconds']:g} s)",
+            "crashes / hangs / memory hogs",
+            f"{figures['crashes']} / {figures['hangs']} / {figures['memory_hogs']} ({bounds})",
         ),
         ("p99 / max per input", f"{_s(figures['p99_seconds'])} / {_s(figures['max_seconds'])}"),
-        ("decoder RSS warm / end", f"{_mb(rss['after_warm_up'])} / {_mb(rss['end'])}"),
+        ("decoder RSS warm / end / peak", " / ".join(_mb(rss[k]) for k in ("after_warm_up", "end", "peak"))),
         ("wall", _s(figures["wall_seconds"])),
     ]
 

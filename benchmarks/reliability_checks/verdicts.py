@@ -24,6 +24,10 @@ def _fuzz_decoder(figures: dict) -> list[str]:
         problems.append(f"{figures['crashes']} decoder crash(es): {figures['failures'][:3]}")
     if figures["hangs"]:
         problems.append(f"{figures['hangs']} input(s) not decoded within {figures['bound_seconds']:g} s")
+    if figures["memory_hogs"]:
+        problems.append(
+            f"{figures['memory_hogs']} input(s) took the decoder over {figures['memory_bound_mb']:g} MB"
+        )
     return problems
 
 
