@@ -17,6 +17,7 @@ DTYPES = {
     "float16": torch.float16,
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
+    "int8": torch.int8,  # the int8 runtime (runtimes/int8.py): CPU only
 }
 
 
@@ -65,18 +66,31 @@ def refuse_half_precision_on_cpu(spec: str) -> None:
         )
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on compute capability >= 8.0, fp16 on older GPUs, fp32 on the CPU.
+def refuse_int8_on_gpu(spec: str, device: str) -> None:
+    """The int8 runtime is onnxruntime on the CPU; a GPU runs bf16 or fp16 faster than int8 would gain."""
+    if DTYPES.get(spec) == torch.int8 and device.startswith("cuda"):
+        raise InvalidOption(
+            f"dtype int8 runs on the CPU only, not on {device}: use --device cpu with int8, "
+            "or bf16 / fp16 (or auto) on the GPU"
+        )
 
-    Half precision on the CPU is refused rather than run slowly with changed tokens.
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on compute capability >= 8.0, fp16 on older GPUs; on the CPU int8 where it was
+    measured faster (``runtimes.int8_preferred``), else fp32.
+
+    Half precision on the CPU is refused rather than run slowly with changed tokens, int8 on a GPU too.
     """
     if spec == "auto":
         if device.type != "cuda":
-            return torch.float32
+            from .runtimes import int8_preferred
+
+            return torch.int8 if int8_preferred() else torch.float32
         major, _ = torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
     if spec not in DTYPES:
-        raise InvalidOption(f"unknown dtype {spec!r}: use auto, fp32, fp16 or bf16")
+        raise InvalidOption(f"unknown dtype {spec!r}: use auto, fp32, fp16, bf16 or int8 (CPU)")
     if device.type == "cpu":
         refuse_half_precision_on_cpu(spec)
+    refuse_int8_on_gpu(spec, str(device))
     return DTYPES[spec]

@@ -16,14 +16,14 @@ import torch
 
 from .audio import Audio, AudioInput
 from .batching import BatchTimings, Utterance, plan_batches
-from .checkpoint import ModelFiles, load_model, resolve_model
+from .checkpoint import ModelFiles, resolve_model
 from .decoding import CTCDecoder, DecodeOptions
 from .device import resolve_device, resolve_dtype
 from .errors import SenseVoiceError
 from .features import FeatureExtractor, load_cmvn
 from .longform import transcribe_sources
-from .model import SenseVoiceSmall
 from .results import Segment, Transcription
+from .runtimes import Runtime, load_runtime
 from .segmentation import SegmentationOptions
 from .tokenizer import Tokenizer
 
@@ -35,7 +35,7 @@ class SenseVoice:
     """One model on one device; every caller (CLI, server, bench) runs batches through ``run_batch``."""
 
     files: ModelFiles
-    model: SenseVoiceSmall
+    model: Runtime  # the torch model, or the int8 runtime: the same two calls (runtimes/)
     tokenizer: Tokenizer
     features: FeatureExtractor
     device: torch.device
@@ -48,15 +48,24 @@ class SenseVoice:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike = "iic/SenseVoiceSmall", device: str = "auto", dtype: str = "auto"
+        cls,
+        model: str | os.PathLike = "iic/SenseVoiceSmall",
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
     ) -> SenseVoice:
-        """Load a model directory in the official layout, or a hub id (downloaded when online)."""
+        """Load a model directory in the official layout, or a hub id (downloaded when online).
+
+        ``dtype="int8"`` (CPU only; what ``auto`` picks on a CPU with an int8 dot product) runs the int8
+        runtime, built from model.pt once into ``cache_dir`` (default: ``$SENSEVOICE_CACHE_DIR`` or
+        ~/.cache/sensevoice-serve). ``fp32`` is exact; int8 changes a few tokens.
+        """
         files = resolve_model(model)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         tokenizer = Tokenizer(files.tokenizer)
         tokenizer.require_tags()
-        network = load_model(files, tokenizer, torch_device, torch_dtype)
+        network = load_runtime(files, tokenizer, torch_device, torch_dtype, cache_dir)
         shift, scale = load_cmvn(files.cmvn)
         features = FeatureExtractor(files.frontend, shift, scale, device=torch_device)
         return cls(files, network, tokenizer, features, torch_device, torch_dtype)
@@ -78,7 +87,7 @@ class SenseVoice:
 
         started = time.perf_counter()
         encoded, encoded_lengths = self.model.encode(
-            feats.to(self.dtype),
+            feats,
             lengths,
             [u.options.language for u in utterances],
             [u.options.use_itn for u in utterances],
