@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from sensevoice_serve.bench import tune
-from sensevoice_serve.tuning import TunedSettings, load_profile, probe_machine
+from sensevoice_serve.runtimes import int8_available
+from sensevoice_serve.tuning import (
+    GIB,
+    GpuInfo,
+    MachineInfo,
+    TunedSettings,
+    auto_settings,
+    load_profile,
+    probe_machine,
+)
 
 from ..conftest import SHARED_AUDIO
 from .conftest import run_command
@@ -77,3 +86,27 @@ def test_tune_keeps_a_win_that_repeats_and_reports_its_averaged_gain(
     assert winner["settings"] == asdict(LONGER_WAIT) and winner["again"] is False  # its first measurement
     assert report["throughput_gain"] == pytest.approx(12.0 / 10.0 - 1)
     assert report["latency_change"] == 0
+
+
+H100_MACHINE = MachineInfo(cpu_count=16, gpus=(GpuInfo("NVIDIA H100 80GB HBM3", (9, 0), 80 * GIB, 80 * GIB),))
+
+
+def test_tune_on_the_cpu_of_a_gpu_machine_starts_from_the_cpu_rules() -> None:
+    baseline = tune.untuned_settings({"device": "cpu", "max_wait_ms": 7.0}, H100_MACHINE)
+    assert baseline == replace(auto_settings(MachineInfo(cpu_count=16), "cpu"), max_wait_ms=7.0)
+    gpu_rules = auto_settings(H100_MACHINE)
+    assert (baseline.torch_threads, baseline.max_batch_frames, baseline.dtype) != (
+        gpu_rules.torch_threads,
+        gpu_rules.max_batch_frames,
+        gpu_rules.dtype,
+    )
+    assert tune.untuned_settings({"device": "cuda"}, H100_MACHINE).device == "cuda:0"
+    assert tune.untuned_settings({}, H100_MACHINE) == gpu_rules
+
+
+def test_cpu_tuning_measures_int8_against_fp32_and_gpu_tuning_does_not() -> None:
+    if not int8_available():
+        pytest.skip("the int8 runtime needs onnxruntime and onnx")
+    assert [{"dtype": "int8"}, {"dtype": "fp32"}] in tune.tuning_steps(BASELINE, 2, gpu=False)
+    on_gpu = tune.tuning_steps(replace(BASELINE, device="cuda:0", dtype="bf16"), 16, gpu=True)
+    assert all(overrides.get("dtype") != "int8" for step in on_gpu for overrides in step)

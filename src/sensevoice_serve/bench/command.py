@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,7 @@ NUMBER_LIST_FLAGS = (
 # What serve would use (the tuned profile, else the automatic choice), overridden by these: name, type, help.
 SETTINGS_FLAGS = (
     ("device", str, "auto | cpu | cuda | cuda:N (default: tuned / automatic)"),
-    ("dtype", str, "auto | fp32 | fp16 | bf16 (default: tuned / automatic)"),
+    ("dtype", str, "auto | fp32 | fp16 | bf16 | int8 (CPU) (default: tuned / automatic)"),
     ("torch_threads", int, "torch's intra-op threads"),
     ("decode_workers", int, "audio decoding processes"),
     ("max_batch_frames", int, "padded 60 ms frames per forward"),
@@ -154,16 +153,10 @@ def _bench_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.requests < 1:
         raise InvalidOption("--requests must be at least 1")
-    from ..tuning import (
-        auto_settings,
-        default_profile_path,
-        probe_machine,
-        resolve_tuned_settings,
-        save_profile,
-    )
+    from ..tuning import default_profile_path, probe_machine, resolve_tuned_settings, save_profile
     from .report import render_markdown, render_tune_markdown
     from .run import run_bench
-    from .tune import run_tune
+    from .tune import run_tune, untuned_settings
 
     model_dir, clips = _model_dir(args), _clips(args)
     explicit = {
@@ -172,8 +165,7 @@ def _bench_command(args: argparse.Namespace) -> int:
         if getattr(args, name) not in (None, "auto")
     }
     if args.tune:
-        # The untuned settings: what serve uses with no profile, whatever profile exists now.
-        baseline = replace(auto_settings(probe_machine()), **explicit)
+        baseline = untuned_settings(explicit, probe_machine())
         report, best = run_tune(model_dir, clips, baseline, args.requests, max(args.concurrency), _progress)
         profile = save_profile(Path(args.profile) if args.profile else default_profile_path(), best)
         markdown = render_tune_markdown(report) + f"\nWrote the best settings to {profile}.\n"

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..tuning import TunedSettings
+from ..runtimes import int8_available
+from ..tuning import MachineInfo, TunedSettings, auto_settings
 from .drive import ServiceClient, Stability, measure_throughput, percentile
 from .layout import TUNE_REPORT
 from .material import BenchClip
@@ -21,15 +22,29 @@ TUNE_MIN_GAIN = 0.03
 TUNE_LATENCY_LIMIT = 1.2
 
 
+def untuned_settings(explicit: dict, machine: MachineInfo) -> TunedSettings:
+    """What serve uses with no profile, whatever profile exists now: the rules for the device and precision
+    asked for (``--device cpu`` on a GPU machine gets the CPU's), with the explicit values on top."""
+    rules = auto_settings(machine, explicit.get("device", "auto"), explicit.get("dtype", "auto"))
+    chosen = dict(explicit)
+    if "device" in chosen:
+        chosen["device"] = rules.device  # "cuda" spelled as the GPU it means: "cuda:0"
+    return replace(rules, **chosen)
+
+
 def tuning_steps(baseline: TunedSettings, cores: int, gpu: bool) -> list[list[dict]]:
     """Alternatives to try, one dimension at a time (coordinate search), each a set of overrides."""
+    steps = []
+    if not gpu and int8_available():
+        # The largest lever on a CPU: the int8 runtime against float32 (the rules pick by CPU feature).
+        steps.append([{"dtype": "int8"}, {"dtype": "fp32"}])
     if gpu:
         # The GPU does the model; the cores decode. More workers is the lever, and fp16 vs bf16.
         splits = [(baseline.torch_threads, max(1, baseline.decode_workers * 2))]
     else:
         # Torch's threads and the decode workers share the cores.
         splits = [(cores, 1), (max(1, cores - 1), 1), (max(1, cores - 2), 2)]
-    steps = [
+    steps += [
         [{"torch_threads": threads, "decode_workers": workers} for threads, workers in splits],
         [
             {"max_batch_frames": baseline.max_batch_frames // 2},
