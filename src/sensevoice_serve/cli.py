@@ -235,7 +235,7 @@ def _transcribe_files(
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory or hub id (default: iic/SenseVoiceSmall)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", help="auto | fp32 | fp16 | bf16")
+    parser.add_argument("--dtype", help="auto | fp32 | fp16 | bf16 | int8 (CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
