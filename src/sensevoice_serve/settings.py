@@ -16,6 +16,11 @@ class Settings(BaseSettings):
     # Engine
     model: str = Field("iic/SenseVoiceSmall", description="model directory or hub id")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    devices: str | None = Field(
+        None,
+        description="serve: one engine and scheduler on each of these (cuda:0,cuda:1), requests to the least "
+        "loaded (default: every usable GPU when device is auto, else the one device)",
+    )
     dtype: str = Field("auto", description="auto, fp32, fp16, bf16")
     language: str = Field("auto", description="auto, zh, en, yue, ja, ko, nospeech")
     use_itn: bool = Field(True, description="inverse text normalisation (punctuation, numbers)")
@@ -110,8 +115,17 @@ class Settings(BaseSettings):
         """Device, dtype, threads and batching: explicit values, else this machine's profile, else rules."""
         from .tuning import resolve_tuned_settings
 
+        return resolve_tuned_settings(self._tuning_values())
+
+    def tuned_devices(self):
+        """``tuned()`` for each device the server runs an engine on (``devices``, or every usable GPU)."""
+        from .tuning import resolve_device_settings
+
+        return resolve_device_settings(self._tuning_values(), self.devices)
+
+    def _tuning_values(self) -> dict:
         names = ("device", "dtype", "torch_threads", "decode_workers", "max_batch_frames", "max_wait_ms")
-        return resolve_tuned_settings({name: getattr(self, name) for name in names})
+        return {name: getattr(self, name) for name in names}
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -23,6 +23,8 @@ GIB = 1024**3
 FRAMES_PER_FREE_GIB = 2500
 MAX_GPU_BATCH_FRAMES = 60_000
 CPU_BATCH_FRAMES = 3000
+# An automatic device list leaves out a GPU with less free: the weights, a CUDA context and a useful batch.
+MIN_FREE_GPU_GIB = 2.0
 FULL_PRECISION = {"fp32", "float32"}
 
 
@@ -30,7 +32,7 @@ FULL_PRECISION = {"fp32", "float32"}
 class GpuInfo:
     name: str
     capability: tuple[int, int]
-    free_bytes: int
+    free_bytes: int | None  # None: not read yet (no NVML), so that no CUDA context is opened to read it
     total_bytes: int
 
 
@@ -43,6 +45,16 @@ class MachineInfo:
     def fingerprint(self) -> str:
         """Same machine kind: the profile measured on one applies to the other."""
         return json.dumps({"cpus": self.cpu_count, "gpus": sorted(g.name for g in self.gpus)}, sort_keys=True)
+
+    def free_bytes(self, index: int) -> int:
+        """GPU ``index``'s free memory: NVML's reading, else torch's, which opens a CUDA context on that GPU
+        (and only there: it is read for the GPUs chosen)."""
+        known = self.gpus[index].free_bytes
+        if known is not None:
+            return known
+        import torch
+
+        return torch.cuda.mem_get_info(index)[0]
 
 
 @dataclass(frozen=True)
@@ -57,15 +69,50 @@ class TunedSettings:
 
 
 def probe_machine() -> MachineInfo:
+    """Cores and GPUs without a CUDA context on any GPU: torch's device properties need none, and free
+    memory comes from NVML (``nvidia-ml-py``) when it is importable, else later, for the GPUs chosen only.
+    A context costs each GPU some 300-500 MB, on GPUs this process may never use."""
     import torch
 
     gpus = []
     if torch.cuda.is_available():
+        memory = _nvml_memory_by_uuid()
         for index in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(index)
             properties = torch.cuda.get_device_properties(index)
-            gpus.append(GpuInfo(properties.name, (properties.major, properties.minor), free, total))
+            free, _ = memory.get(_uuid(getattr(properties, "uuid", "")), (None, None))
+            capability = (properties.major, properties.minor)
+            gpus.append(GpuInfo(properties.name, capability, free, properties.total_memory))
     return MachineInfo(cpu_count=len(os.sched_getaffinity(0)), gpus=tuple(gpus))
+
+
+def _uuid(value: object) -> str:
+    """NVML says GPU-<uuid>, torch <uuid>: one spelling for both (NVML ignores CUDA_VISIBLE_DEVICES and
+    orders GPUs its own way, so GPUs are matched by UUID, not by index)."""
+    return str(value).lower().removeprefix("gpu-")
+
+
+def _nvml_memory_by_uuid() -> dict[str, tuple[int, int]]:
+    """(free, total) bytes of each GPU NVML sees, by UUID; empty without nvidia-ml-py or a driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # NVML raises its own error types when no driver is loaded
+        return {}
+    try:
+        memory = {}
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            memory[_uuid(pynvml.nvmlDeviceGetUUID(handle))] = (info.free, info.total)
+        return memory
+    except Exception:  # a GPU NVML cannot read (MIG, a fallen-off device): torch reads it later
+        logger.debug("NVML could not read GPU memory", exc_info=True)
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
 
 
 def auto_settings(machine: MachineInfo, device: str = "auto", dtype: str = "auto") -> TunedSettings:
@@ -126,6 +173,7 @@ def _cpu_rules(cpu_count: int, device: str, dtype: str) -> TunedSettings:
 
 def _gpu_rules(machine: MachineInfo, index: int, dtype: str) -> TunedSettings:
     gpu = machine.gpus[index]
+    free = machine.free_bytes(index)
     cpus = max(machine.cpu_count, 1)
     if dtype == "auto":
         dtype = "bf16" if gpu.capability >= (8, 0) else "fp16"
@@ -136,7 +184,7 @@ def _gpu_rules(machine: MachineInfo, index: int, dtype: str) -> TunedSettings:
         dtype=dtype,
         torch_threads=min(4, cpus),
         decode_workers=max(1, cpus - min(4, cpus)),
-        max_batch_frames=int(min(MAX_GPU_BATCH_FRAMES, max(2000, gpu.free_bytes / GIB * frames_per_gib))),
+        max_batch_frames=int(min(MAX_GPU_BATCH_FRAMES, max(2000, free / GIB * frames_per_gib))),
         max_wait_ms=10.0,
     )
 
@@ -173,12 +221,15 @@ def load_profile(path: Path, machine: MachineInfo) -> TunedSettings | None:
         return None
 
 
-def resolve_tuned_settings(explicit: dict, machine: MachineInfo | None = None) -> TunedSettings:
+def resolve_tuned_settings(
+    explicit: dict, machine: MachineInfo | None = None, device: str | None = None
+) -> TunedSettings:
     """Every explicit value the user set (None or "auto" = unset), the rest from this machine's profile,
-    else from the rules, both for the device and precision chosen.
+    else from the rules, both for the device and precision chosen: the user's, else ``device`` (one of
+    several GPUs picked for an automatic device), else the rules' own pick.
 
-    A profile measured on another device or precision than the one set explicitly does not apply: its
-    batch size and threads were measured for that one.
+    A profile applies to a device of the kind it was measured on (the CPU, or a GPU of the same name) and
+    to the precision it was measured in: its batch size and threads were measured for those.
     """
     machine = machine or probe_machine()
     chosen = {
@@ -186,14 +237,65 @@ def resolve_tuned_settings(explicit: dict, machine: MachineInfo | None = None) -
         for k, v in explicit.items()
         if v not in (None, "auto") and k in TunedSettings.__dataclass_fields__
     }
-    rules = auto_settings(machine, chosen.get("device", "auto"), chosen.get("dtype", "auto"))
+    rules = auto_settings(machine, chosen.get("device", device or "auto"), chosen.get("dtype", "auto"))
     if "device" in chosen:
         chosen["device"] = rules.device  # "cuda" spelled as the GPU it means: "cuda:0"
     profile = load_profile(default_profile_path(), machine)
-    if profile is not None and any(
-        getattr(profile, name) != chosen[name] for name in ("device", "dtype") if name in chosen
-    ):
+    if profile is not None and not _profile_applies(profile, rules.device, chosen.get("dtype"), machine):
         logger.info("not using the profile: it was measured on %s %s", profile.device, profile.dtype)
         profile = None
-    tuned = profile or rules
+    tuned = replace(profile, device=rules.device) if profile is not None else rules
     return replace(tuned, **chosen, source="user") if chosen else tuned
+
+
+def _profile_applies(profile: TunedSettings, device: str, dtype: str | None, machine: MachineInfo) -> bool:
+    if dtype is not None and profile.dtype != dtype:
+        return False
+    try:
+        measured_on, target = _gpu_index(machine, profile.device), _gpu_index(machine, device)
+    except InvalidOption:  # measured on a GPU this machine does not have (it has fewer now)
+        return False
+    if measured_on is not None and target is not None:
+        return machine.gpus[measured_on].name == machine.gpus[target].name
+    return measured_on is None and target is None and profile.device.split(":")[0] == device.split(":")[0]
+
+
+def resolve_device_settings(
+    explicit: dict, devices: str | None = None, machine: MachineInfo | None = None
+) -> list[TunedSettings]:
+    """The settings of each device ``serve`` runs an engine on, in order.
+
+    ``devices`` ("cuda:0,cuda:1"; "cpu,cpu" for tests: the engines then share torch's process-wide
+    threads) lists them; without it an automatic device on a machine with several GPUs means every usable
+    one (a real allocation and matmul succeed, at least ``MIN_FREE_GPU_GIB`` free), else the one device.
+    Threads and decode processes are the process's: the first device's values hold for all.
+    """
+    machine = machine or probe_machine()
+    if devices is not None:
+        names = [name.strip() for name in devices.split(",")]
+        if not all(names):
+            raise InvalidOption(f"devices {devices!r}: a comma-separated list such as cuda:0,cuda:1")
+        if explicit.get("device") not in (None, "auto"):
+            raise InvalidOption("set either device or devices, not both")
+        return [resolve_tuned_settings({**explicit, "device": name}, machine) for name in names]
+    if explicit.get("device") not in (None, "auto") or len(machine.gpus) < 2:
+        return [resolve_tuned_settings(explicit, machine)]
+    usable = [f"cuda:{index}" for index in range(len(machine.gpus)) if _usable_gpu(machine, index)]
+    return [resolve_tuned_settings(explicit, machine, device) for device in usable or ["cpu"]]
+
+
+def _usable_gpu(machine: MachineInfo, index: int) -> bool:
+    import torch
+
+    from . import device
+
+    try:
+        device.probe_device(torch.device("cuda", index))
+    except Exception as error:  # a broken GPU must not stop the others
+        logger.warning("not using cuda:%d: %s", index, error)
+        return False
+    free_gib = machine.free_bytes(index) / GIB
+    if free_gib < MIN_FREE_GPU_GIB:
+        logger.warning("not using cuda:%d: %.1f GiB free (other processes hold the rest)", index, free_gib)
+        return False
+    return True

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
+from sensevoice_serve.decoding import DecodeOptions
 from sensevoice_serve.errors import ModelLoading, ShuttingDown, Unavailable
 from sensevoice_serve.server.service import Service, State
 from sensevoice_serve.settings import load_settings
+
+from ..conftest import shared_audio
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +55,33 @@ def test_a_model_that_cannot_load_fails_the_service(tmp_path: Path) -> None:
     finally:
         service.stop()
     assert service.state is State.FAILED
+
+
+def test_two_devices_each_get_an_engine_a_scheduler_and_metrics(tiny_model_dir: Path) -> None:
+    """Two CPU "devices" stand for two GPUs (they share torch's threads, which are the process's)."""
+    settings = load_settings(model=str(tiny_model_dir), devices="cpu,cpu", decode_workers=1, torch_threads=1)
+    service = Service(settings)
+    service.start()
+    try:
+        assert service.ready and [str(e.device) for e in service.engines] == ["cpu", "cpu"]
+        assert service.engines[0] is not service.engines[1] and service.engine is service.engines[0]
+        assert service.scheduler.labels == ["cpu#0", "cpu#1"]
+        data = shared_audio("zh_sample.wav").read_bytes()
+        result, _ = asyncio.run(
+            service.transcribe(data, "zh", DecodeOptions(), service.default_segmentation())
+        )
+        assert len(result.segments) == 1
+        exposition = generate_latest(service.metrics.registry).decode()
+        assert 'sensevoice_device_batches_total{device="cpu#0"} 1.0' in exposition  # the first of two idle
+        assert 'sensevoice_device_batches_total{device="cpu#1"} 0.0' in exposition
+        assert 'sensevoice_device_healthy{device="cpu#1"} 1.0' in exposition
+        assert [d["batches"] for d in service.device_metrics.snapshot(service.scheduler)] == [1, 0]
+        service.scheduler.schedulers[1].stop()  # as while its worker restarts: the service is not ready
+        assert not service.ready
+        assert service.not_ready_reason() == "the inference worker of cpu#1 died; restarting"
+        assert (
+            'sensevoice_device_healthy{device="cpu#1"} 0.0'
+            in generate_latest(service.metrics.registry).decode()
+        )
+    finally:
+        service.stop()

@@ -18,7 +18,7 @@ from ..settings import Settings, load_settings
 EXIT_OK, EXIT_LOAD_FAILED, EXIT_USAGE = 0, 1, 2
 # Settings exposed as flags; each also reads SENSEVOICE_<NAME>. Values are parsed and checked by Settings.
 SERVE_FLAGS = (
-    "model", "host", "port", "device", "dtype", "api_key", "max_queue", "max_upload_mb",
+    "model", "host", "port", "device", "devices", "dtype", "api_key", "max_queue", "max_upload_mb",
     "max_duration_seconds", "request_timeout_seconds", "max_files_per_request", "decode_workers",
     "torch_threads", "max_batch_frames", "batch_size", "max_wait_ms", "language", "vad", "supervise",
     "realtime_max_sessions", "realtime_partial_interval_ms", "realtime_max_utterance_seconds",

@@ -1,7 +1,9 @@
-"""What the routes share: one engine with its inference worker, the decode pool, admission and timings.
+"""What the routes share: the engines with their inference workers, the decode pool, admission and timings.
 
 ``start`` loads the model (the server calls it in a background thread, so the port answers ``/health`` at
-once); the service is ready only after the model has run on generated audio and a decode worker has loaded.
+once), one engine and scheduler per device (``Settings.devices``: every usable GPU by default) behind a
+``Router``; the service is ready only after every engine has run on generated audio and a decode worker has
+loaded, and stays ready while every device's worker runs (a dead worker restarts itself at once).
 ``bench`` drives the same object without HTTP. The lifecycle is one ``State``, changed under a lock by
 ``start``, ``begin_drain`` (the SIGTERM handler) and ``stop``, since those run on different threads.
 """
@@ -15,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -27,9 +30,12 @@ from ..errors import ModelLoading, Overloaded, ShuttingDown, Unauthorized, Unava
 from ..longform import SegmentationOptions, assemble
 from ..pipeline import SenseVoice
 from ..results import Transcription
+from ..router import Router
 from ..scheduler import Scheduler
 from ..settings import Settings
+from ..tuning import TunedSettings
 from .decode_pool import DecodePool
+from .device_metrics import DeviceMetrics
 from .metrics import Metrics
 from .uploads import MB, UploadedFile, UploadSpace
 
@@ -68,8 +74,9 @@ class Service:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.on_load_failure = on_load_failure
-        self.engine: SenseVoice | None = None
-        self.scheduler: Scheduler | None = None
+        self.engines: list[SenseVoice] = []
+        self.scheduler: Router | None = None  # what requests are submitted to: one scheduler per engine
+        self.device_metrics = DeviceMetrics(self.metrics.registry)
         self.pool: DecodePool | None = None
         self._lock = threading.Lock()
         self._state = State.LOADING
@@ -84,38 +91,36 @@ class Service:
             decoding=lambda: self.pool.busy if self.pool else 0,
         )
 
+    @property
+    def engine(self) -> SenseVoice | None:
+        """The first device's engine (the only one unless several devices serve)."""
+        return self.engines[0] if self.engines else None
+
     def start(self) -> None:
         """Load and warm up (the server runs this in a background thread); a failure is kept in
         ``load_error`` and reported through ``on_load_failure``."""
         try:
-            tuned = self.settings.tuned()
+            devices = self.settings.tuned_devices()
+            tuned = devices[0]
             # torch threads and decode processes share the cores: tuned together, since torch threads
-            # that compete with a busy decoder for a core run many times slower.
+            # that compete with a busy decoder for a core run many times slower. Both are the process's,
+            # whatever the number of devices: two CPU engines (devices "cpu,cpu") share torch's threads.
             torch.set_num_threads(tuned.torch_threads)
             self.pool = DecodePool(
                 tuned.decode_workers, self.default_segmentation(), self.settings.decode_timeout_seconds
             )
-            self.engine = SenseVoice.from_pretrained(
-                self.settings.model, device=tuned.device, dtype=tuned.dtype
+            self.engines = self._load_engines(devices)
+            self.scheduler = Router(
+                [self._scheduler(engine, tuned) for engine, tuned in zip(self.engines, devices, strict=True)]
             )
-            self.scheduler = Scheduler(
-                self.engine,
-                max_batch_frames=tuned.max_batch_frames,
-                max_batch_size=self.settings.batch_size,
-                max_wait=tuned.max_wait_ms / 1000,
-                # Admission is bounded per request in admit(); this bound is only a backstop for the files
-                # of native requests, each of which is one scheduler request.
-                max_pending=self.settings.max_queue * self.settings.max_files_per_request,
-            )
+            self.device_metrics.watch(self.scheduler)
             self.scheduler.start()
-            noise = np.random.default_rng(0).normal(0, 0.05, int(WARMUP_SECONDS * 16000)).astype(np.float32)
-            self.scheduler.submit([Utterance(noise)]).result()
-            self.scheduler.on_batch = self.metrics.record_batch  # from now on: user traffic only
+            self._warm_up(self.scheduler)
             self.pool.wait_started()
             self._become_ready()
             logger.info(
                 "ready: %s on %s (%s), %d torch threads, %d decode processes",
-                self.settings.model, self.engine.device, self.engine.dtype,
+                self.settings.model, ", ".join(self.scheduler.labels), self.engines[0].dtype,
                 tuned.torch_threads, tuned.decode_workers,
             )  # fmt: skip
         except Exception as error:
@@ -125,6 +130,36 @@ class Service:
                 self._state = State.FAILED
             if self.on_load_failure is not None:
                 self.on_load_failure()
+
+    def _load_engines(self, devices: list[TunedSettings]) -> list[SenseVoice]:
+        """One engine per device, loaded side by side (each reads the weights and moves them over)."""
+
+        def load(tuned: TunedSettings) -> SenseVoice:
+            return SenseVoice.from_pretrained(self.settings.model, device=tuned.device, dtype=tuned.dtype)
+
+        if len(devices) == 1:
+            return [load(devices[0])]
+        with ThreadPoolExecutor(len(devices), thread_name_prefix="engine-loader") as loaders:
+            return list(loaders.map(load, devices))
+
+    def _scheduler(self, engine: SenseVoice, tuned: TunedSettings) -> Scheduler:
+        return Scheduler(
+            engine,
+            max_batch_frames=tuned.max_batch_frames,
+            max_batch_size=self.settings.batch_size,
+            max_wait=tuned.max_wait_ms / 1000,
+            # Admission is bounded per request in admit(); this bound is only a backstop for the files of
+            # native requests, each of which is one scheduler request.
+            max_pending=self.settings.max_queue * self.settings.max_files_per_request,
+        )
+
+    def _warm_up(self, router: Router) -> None:
+        """Every engine runs once on generated audio; from then on the metrics count user traffic only."""
+        noise = np.random.default_rng(0).normal(0, 0.05, int(WARMUP_SECONDS * 16000)).astype(np.float32)
+        for future in [scheduler.submit([Utterance(noise)]) for scheduler in router.schedulers]:
+            future.result()
+        for label, scheduler in zip(router.labels, router.schedulers, strict=True):
+            scheduler.on_batch = self.device_metrics.recorder(label, self.metrics.record_batch)
 
     def _become_ready(self) -> None:
         with self._lock:
@@ -176,7 +211,8 @@ class Service:
         if state is not State.READY:
             return ShuttingDown("the server is shutting down")
         if not self.scheduler.healthy:
-            return Unavailable("the inference worker died; restarting")
+            devices = ", ".join(self.scheduler.unhealthy_devices()) or "a device"
+            return Unavailable(f"the inference worker of {devices} died; restarting")
         if self.in_flight >= self.settings.max_queue:
             return self._busy()
         return None
