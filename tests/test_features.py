@@ -15,6 +15,7 @@ from sensevoice_serve.errors import ModelLoadError
 from sensevoice_serve.features import (
     FeatureExtractor,
     FrontendConfig,
+    HostStaging,
     load_cmvn,
     num_fbank_frames,
     num_lfr_frames,
@@ -183,11 +184,13 @@ def test_features_are_normalised_lfr_of_fbank(extractor: FeatureExtractor) -> No
     torch.testing.assert_close(features[0], (lfr + shift) * scale, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("whole_batch", [False, True])
-def test_batch_equals_items_and_lengths_are_right(whole_batch: bool) -> None:
+@pytest.mark.parametrize("strategy", ["items", "whole batch", "staged whole batch"])
+def test_batch_equals_items_and_lengths_are_right(strategy: str) -> None:
     extractor = FeatureExtractor(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"))
-    # Exercise both batching strategies here; the device picks one (the whole batch at once off the CPU).
-    extractor._whole_batch = whole_batch
+    # Exercise every strategy here; the device picks one (off the CPU: the whole batch at once, its audio
+    # copied over through one host buffer).
+    extractor._whole_batch = strategy != "items"
+    extractor._staging = HostStaging(extractor.device) if strategy.startswith("staged") else None
     speech = mono_recording("zh_sample.wav")
     clips = [
         speech[:16000],
@@ -205,6 +208,24 @@ def test_batch_equals_items_and_lengths_are_right(whole_batch: bool) -> None:
         expected = (alone + extractor.cmvn_shift) * extractor.cmvn_scale
         torch.testing.assert_close(features[row, : lengths[row]], expected, rtol=1e-6, atol=1e-6)
         assert not features[row, lengths[row] :].any()
+
+
+def test_host_staging_reuses_its_buffer_and_never_mixes_batches() -> None:
+    staging = HostStaging(torch.device("cpu"))
+    first = [np.arange(5, dtype=np.float32), torch.arange(3, dtype=torch.float64), np.zeros(0, np.float32)]
+    uploaded = staging.upload(first)
+    assert [u.tolist() for u in uploaded] == [[0, 1, 2, 3, 4], [0, 1, 2], []]
+    assert all(u.dtype == torch.float32 for u in uploaded)
+    capacity, address = staging.capacity, staging._host.data_ptr()
+    assert capacity >= 8
+    second = staging.upload([np.full(2, 7, np.float32)])
+    assert [s.tolist() for s in second] == [[7, 7]]
+    assert staging._host.data_ptr() == address  # a smaller batch reuses the buffer...
+    assert uploaded[0].tolist() == [0, 1, 2, 3, 4]  # ...without touching what was handed out before it
+    third = staging.upload([np.ones(capacity + 1, np.float32)])
+    assert staging.capacity > capacity and third[0].sum() == capacity + 1
+    with pytest.raises(ValueError, match="1-D waveforms"):
+        staging.upload([np.zeros((2, 3), np.float32)])
 
 
 def test_batch_of_clips_under_one_window_is_empty(extractor: FeatureExtractor) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from sensevoice_serve.audio import decode_audio
 from sensevoice_serve.errors import AudioDecodeError, InvalidOption, ModelLoadError
-from sensevoice_serve.pipeline import SenseVoice, Utterance
+from sensevoice_serve.pipeline import BatchTimings, SenseVoice, Utterance
 
 from .conftest import SHARED_AUDIO, shared_audio
 
@@ -100,3 +101,17 @@ def test_auto_device_and_dtype_on_this_machine(tiny_model_dir: Path) -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert engine.device.type == expected
     assert engine.random_weights
+
+
+def test_a_batch_started_here_can_be_finished_in_another_thread(tiny_engine: SenseVoice) -> None:
+    clips = [decode_audio(shared_audio(n)).samples for n in ("jfk.flac", "zh_sample.wav")]
+    expected = tiny_engine.run_batch([Utterance(clip) for clip in clips])
+    timings = BatchTimings()
+    scored = tiny_engine.start_batch([Utterance(clip) for clip in clips], timings)
+    assert timings.features > 0 and timings.model > 0
+    scoring = timings.decoding
+    with ThreadPoolExecutor(1) as other_thread:
+        segments = other_thread.submit(scored.finish).result()
+    assert timings.decoding > scoring  # the CPU half is counted as decoding too
+    assert [s.raw_text for s in segments] == [s.raw_text for s in expected]
+    assert [[t.id for t in s.tokens] for s in segments] == [[t.id for t in s.tokens] for s in expected]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from .audio import Audio, AudioInput
 from .batching import BatchTimings, Utterance, plan_batches
 from .checkpoint import ModelFiles, resolve_model
-from .decoding import CTCDecoder, DecodeOptions
+from .decoding import BatchScores, CTCDecoder, DecodeOptions
 from .device import resolve_device, resolve_dtype
 from .errors import SenseVoiceError
 from .features import FeatureExtractor, load_cmvn
@@ -74,38 +75,46 @@ class SenseVoice:
     def random_weights(self) -> bool:
         return self.files.random_weights
 
-    @torch.inference_mode()
     def run_batch(
         self, utterances: Sequence[Utterance], timings: BatchTimings | None = None
     ) -> list[Segment]:
         """One padded forward over ``utterances`` (any mix of lengths and options), results in their order."""
-        timings = timings or BatchTimings()
-        started = time.perf_counter()
-        feats, lengths = self.features([u.samples for u in utterances])
-        self._synchronize()
-        timings.features += time.perf_counter() - started
+        return self.start_batch(utterances, timings).finish()
 
-        started = time.perf_counter()
-        encoded, encoded_lengths = self.model.encode(
-            feats,
-            lengths,
-            [u.options.language for u in utterances],
-            [u.options.use_itn for u in utterances],
-        )
-        self._synchronize()
-        timings.model += time.perf_counter() - started
-        self.forward_batch_sizes.append(len(utterances))
+    @torch.inference_mode()
+    def start_batch(
+        self, utterances: Sequence[Utterance], timings: BatchTimings | None = None
+    ) -> ScoredBatch:
+        """The device's part of ``run_batch``: features, the forward and the CTC scores, on the CPU once this
+        returns, so the device is free for the next batch while ``finish`` (the CPU's part: tags, text, token
+        times, beam search) runs, in another thread if the caller likes. Out of device memory raises here."""
+        timings = timings if timings is not None else BatchTimings()
+        with self._on_device():
+            started = time.perf_counter()
+            feats, lengths = self.features([u.samples for u in utterances])
+            self._synchronize()
+            timings.features += time.perf_counter() - started
 
-        started = time.perf_counter()
-        segments = self.decoder.decode(
-            encoded,
-            encoded_lengths,
-            [u.options for u in utterances],
-            [u.offset for u in utterances],
-            [u.duration for u in utterances],
-        )
-        timings.decoding += time.perf_counter() - started
-        return segments
+            started = time.perf_counter()
+            encoded, encoded_lengths = self.model.encode(
+                feats,
+                lengths,
+                [u.options.language for u in utterances],
+                [u.options.use_itn for u in utterances],
+            )
+            self._synchronize()
+            timings.model += time.perf_counter() - started
+            self.forward_batch_sizes.append(len(utterances))
+
+            started = time.perf_counter()
+            scores = self.decoder.score(encoded, encoded_lengths, [u.options for u in utterances])
+            timings.decoding += time.perf_counter() - started
+        return ScoredBatch(self.decoder, scores, list(utterances), timings)
+
+    def _on_device(self) -> AbstractContextManager:
+        """This engine's GPU as the current one, so that whatever a thread creates without naming a device
+        (streams, events, kernels) lands on it, whichever GPU the thread last used."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -167,4 +176,26 @@ class SenseVoice:
         return results  # type: ignore[return-value]
 
 
-__all__ = ["SenseVoice", "Utterance", "BatchTimings", "SenseVoiceError"]
+@dataclass
+class ScoredBatch:
+    """A batch whose device work is done (``SenseVoice.start_batch``); ``finish`` makes its Segments."""
+
+    decoder: CTCDecoder
+    scores: BatchScores
+    utterances: list[Utterance]
+    timings: BatchTimings
+
+    def finish(self) -> list[Segment]:
+        """Tags, text, token times and beam search, on the CPU alone: safe in any thread."""
+        started = time.perf_counter()
+        segments = self.decoder.finish(
+            self.scores,
+            [u.options for u in self.utterances],
+            [u.offset for u in self.utterances],
+            [u.duration for u in self.utterances],
+        )
+        self.timings.decoding += time.perf_counter() - started
+        return segments
+
+
+__all__ = ["SenseVoice", "ScoredBatch", "Utterance", "BatchTimings", "SenseVoiceError"]
