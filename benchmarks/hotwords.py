@@ -8,7 +8,8 @@ The batch is cut from the real speech in ``../shared/audio`` (or ``--speech-dir`
 one process with the same torch threads, so a noisy shared machine slows all of them alike:
 
 * decode step: ``CTCDecoder.decode`` on one encoder output, the same for every configuration (the CTC head,
-  top-k, beam search, tags; what runs after the forward);
+  top-k, beam search, tags; what runs after the forward), and its CPU part alone (``finish``: the search
+  and the tags, what can run beside the next forward while the device works);
 * end to end: ``SenseVoice.run_batch`` (features, forward and decoding), as the CLI and the server run it.
 
 Ratios are per repetition against that repetition's greedy run, then the median. Hotword graphs are
@@ -108,20 +109,32 @@ class Clock:
 def measure(
     engine: SenseVoice, clips: list[np.ndarray], configs: dict[str, DecodeOptions], reps: int
 ) -> dict[str, dict[str, list[float]]]:
-    """Per figure ("decode wall", "decode cpu", "e2e wall", "e2e cpu"), each configuration's times."""
+    """Per figure, each configuration's times: the decode step (``CTCDecoder.score``, the device's part,
+    plus ``finish``), ``finish`` alone (beam search, tags: the CPU part that can run beside the next
+    forward), and end to end."""
     encoded, encoded_lengths = encode(engine, clips)
     offsets, durations = [0.0] * len(clips), [CLIP_SECONDS] * len(clips)
-    figures = ("decode wall", "decode cpu", "e2e wall", "e2e cpu")
+    figures = ("decode wall", "decode cpu", "search cpu", "e2e wall", "e2e cpu")
     times: dict[str, dict[str, list[float]]] = {figure: {name: [] for name in configs} for figure in figures}
     for rep in range(reps + 1):  # the first round warms up and is not counted
         for name, options in configs.items():
-            with Clock() as decode:
-                engine.decoder.decode(encoded, encoded_lengths, [options] * len(clips), offsets, durations)
+            with Clock() as score:
+                scores = engine.decoder.score(encoded, encoded_lengths, [options] * len(clips))
+            with Clock() as finish:
+                engine.decoder.finish(scores, [options] * len(clips), offsets, durations)
             with Clock() as end_to_end:
                 engine.run_batch([Utterance(c, options) for c in clips], BatchTimings())
             if rep:
                 for figure, value in zip(
-                    figures, (decode.wall, decode.cpu, end_to_end.wall, end_to_end.cpu), strict=True
+                    figures,
+                    (
+                        score.wall + finish.wall,
+                        score.cpu + finish.cpu,
+                        finish.cpu,
+                        end_to_end.wall,
+                        end_to_end.cpu,
+                    ),
+                    strict=True,
                 ):
                     times[figure][name].append(value)
     return times
@@ -143,7 +156,7 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true", help="use the full-size random checkpoint")
     parser.add_argument("--speech-dir", type=Path, default=shared_speech_dir())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="fp32", help="model dtype (decoding is float32 whatever it is)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
@@ -171,11 +184,11 @@ def main() -> None:
         + (" (random weights: the worst case)" if engine.random_weights else "")
     )
     print("medians in ms; x greedy: the median of each repetition's ratio to its greedy run")
-    print(f"{'configuration':<26}" + "".join(f"{figure:>13}{'x greedy':>9}" for figure in times))
+    print(f"{'configuration':<26}" + "".join(f"{figure:>12}{'x greedy':>9}" for figure in times))
     relative = {figure: ratios(values) for figure, values in times.items()}
     for name in configs:
         row = "".join(
-            f"{statistics.median(times[f][name]) * 1000:>13.0f}{relative[f][name]:>9.3f}" for f in times
+            f"{statistics.median(times[f][name]) * 1000:>12.0f}{relative[f][name]:>9.2f}" for f in times
         )
         print(f"{name:<26}{row}")
     print(

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2 as spm_model
 
 from .errors import ModelLoadError
 
@@ -93,6 +92,8 @@ class Tokenizer:
 
 def _without_word_start(model: bytes) -> spm.SentencePieceProcessor:
     """The same model without the word-start mark sentencepiece puts before every text it encodes."""
+    from sentencepiece import sentencepiece_model_pb2 as spm_model  # protobuf: only once a model loads
+
     proto = spm_model.ModelProto()
     proto.ParseFromString(model)
     proto.normalizer_spec.add_dummy_prefix = False
