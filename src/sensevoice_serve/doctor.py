@@ -55,28 +55,18 @@ def check_python_and_packages() -> list[Check]:
 
 
 def check_torch_build() -> list[Check]:
+    """The torch build, and the NVIDIA driver against the minimum for its CUDA (when either is there)."""
     import torch
+
+    from .doctor_gpu import check_driver, nvidia_driver_version
 
     cuda = torch.version.cuda
     value = f"torch {torch.__version__}, " + (f"CUDA {cuda}" if cuda else "CPU-only build")
     checks = [Check("torch build", OK, value)]
-    driver = _nvml_driver_version()
-    if driver is not None:
-        checks.append(Check("NVIDIA driver", OK, driver))
+    driver = nvidia_driver_version()
+    if cuda is not None or driver is not None:
+        checks.append(check_driver(cuda, driver))
     return checks
-
-
-def _nvml_driver_version() -> str | None:
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-        version = pynvml.nvmlSystemGetDriverVersion()
-        return version.decode() if isinstance(version, bytes) else version
-    except Exception:  # NVML raises its own error types when no driver is loaded
-        return None
 
 
 def _timed_probe(device) -> float:
@@ -88,9 +78,11 @@ def _timed_probe(device) -> float:
 
 
 def check_devices() -> list[Check]:
+    """The CPU, then each GPU torch sees, with real work (``doctor_gpu.check_gpu``)."""
     import torch
 
     from .device import cuda_devices
+    from .doctor_gpu import check_gpu
 
     checks = [Check("cpu matmul", OK, f"{_timed_probe(torch.device('cpu')):.1f} ms")]
     devices = cuda_devices()
@@ -105,22 +97,7 @@ def check_devices() -> list[Check]:
         )
         return checks
     for device in devices:
-        properties = torch.cuda.get_device_properties(device)
-        name = f"gpu {device.index}"
-        try:
-            elapsed = _timed_probe(device)
-            free, total = torch.cuda.mem_get_info(device)
-        except Exception as error:  # a listed GPU that cannot allocate or multiply is unusable
-            checks.append(
-                Check(name, FAIL, f"{properties.name}: {error}", "check the driver, or use --device cpu")
-            )
-            continue
-        precision = "bf16+fp16" if properties.major >= 8 else "fp16"
-        value = (
-            f"{properties.name}, compute {properties.major}.{properties.minor}, {precision}, "
-            f"{free / 2**30:.1f}/{total / 2**30:.1f} GiB free, matmul {elapsed:.1f} ms"
-        )
-        checks.append(Check(name, OK, value))
+        checks += check_gpu(device)
     return checks
 
 
@@ -250,28 +227,42 @@ def run_checks(model: str | None) -> list[Check]:
     return checks + check_disk(disk_path)
 
 
+def verdict(checks: list[Check], devices: list) -> str:
+    """One line: can ``serve`` run here, and on what."""
+    failed = [check.name for check in checks if check.status == FAIL]
+    if failed:
+        return f"NOT READY: {len(failed)} check(s) failed ({', '.join(failed)}); each says how to fix it"
+    warned = sum(check.status == WARN for check in checks)
+    where = ", ".join(f"{tuned.device} {tuned.dtype}" for tuned in devices)
+    gpus = sum(tuned.device.startswith("cuda") for tuned in devices)
+    place = f"{gpus} GPU(s)" if gpus else "the CPU"
+    return f"READY: serve runs on {place}: {where}" + (f" ({warned} warning(s) above)" if warned else "")
+
+
 def _doctor_command(args: argparse.Namespace) -> int:
-    from .tuning import probe_machine, resolve_tuned_settings
+    from .tuning import probe_machine, resolve_device_settings
 
     started = time.perf_counter()
     checks = run_checks(args.model)
-    tuned = resolve_tuned_settings({})
+    devices = resolve_device_settings({})
     failed = any(check.status == FAIL for check in checks)
     if args.json:
         report = {
             "checks": [asdict(check) for check in checks],
-            "settings": asdict(tuned),
+            "settings": asdict(devices[0]),
+            "devices": [asdict(tuned) for tuned in devices],
             "machine": asdict(probe_machine()),
             "ok": not failed,
+            "verdict": verdict(checks, devices),
             "seconds": round(time.perf_counter() - started, 2),
         }
         print(json.dumps(report, indent=2))
     else:
-        _print_table(checks, tuned)
+        _print_table(checks, devices)
     return 1 if failed else 0
 
 
-def _print_table(checks: list[Check], tuned) -> None:
+def _print_table(checks: list[Check], devices: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -283,9 +274,10 @@ def _print_table(checks: list[Check], tuned) -> None:
         table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/]", check.value, check.hint)
     console = Console(file=sys.stdout)
     console.print(table)
-    console.print(
-        f"chosen settings ({tuned.source}): " + ", ".join(f"{k} {v}" for k, v in asdict(tuned).items())
-    )
+    for tuned in devices:
+        settings = ", ".join(f"{k} {v}" for k, v in asdict(tuned).items())
+        console.print(f"chosen settings ({tuned.source}): {settings}")
+    console.print(f"verdict: {verdict(checks, devices)}", highlight=False)
 
 
 def register(commands) -> None:
