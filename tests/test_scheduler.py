@@ -17,6 +17,7 @@ from sensevoice_serve.errors import DeviceOutOfMemory, InferenceWorkerDied, Over
 from sensevoice_serve.pipeline import SenseVoice
 from sensevoice_serve.results import Segment
 from sensevoice_serve.scheduler import (
+    LOW_BATCH_SECONDS,
     RECOVERY_BATCHES,
     RECOVERY_STEPS,
     BatchReport,
@@ -324,3 +325,38 @@ def test_low_priority_requests_neither_count_against_max_pending_nor_outlive_sto
     assert len(waiting.result(timeout=1).segments) == len(partial.result(timeout=1).segments) == 1
     with pytest.raises(ShuttingDown):
         scheduler.submit(second_of_silence(), priority=Priority.LOW)
+
+
+class PacedEngine(FlakyEngine):
+    """Reports ``seconds_per_frame`` of model time per padded frame, whatever the machine's speed."""
+
+    def __init__(self, engine: SenseVoice, seconds_per_frame: float, recorder: Recorder) -> None:
+        super().__init__(engine, before_forward=recorder)
+        self.seconds_per_frame = seconds_per_frame
+
+    def run_batch(
+        self, utterances: Sequence[Utterance], timings: BatchTimings | None = None
+    ) -> list[Segment]:
+        segments = super().run_batch(utterances, timings)
+        timings.features, timings.decoding = 0.0, 0.0
+        timings.model = self.seconds_per_frame * len(utterances) * max(u.frames for u in utterances)
+        return segments
+
+
+def test_low_priority_batches_last_about_a_tenth_of_a_second_at_the_devices_pace(tiny_engine) -> None:
+    names: dict[int, str] = {}
+    recorder = Recorder(names, block_first=True)
+    first, lows = named(names, "first", 1), [named(names, f"low{i}", 1) for i in range(4)]
+    frames = first[0].frames
+    # Two of these utterances take a little under 0.1 s: low-priority batches of two, though a quarter
+    # of the frame budget would hold eight.
+    engine = PacedEngine(tiny_engine, LOW_BATCH_SECONDS / (2 * frames) * 0.99, recorder)
+    scheduler = Scheduler(engine, max_batch_frames=32 * frames)
+    scheduler.start()
+    running = scheduler.submit(first)  # its forward tells the scheduler the pace
+    assert recorder.entered.wait(timeout=10)
+    futures = [scheduler.submit(low, priority=Priority.LOW) for low in lows]
+    recorder.release.set()
+    assert all(len(f.result(timeout=30).segments) == 1 for f in [running, *futures])
+    scheduler.stop()
+    assert [len(batch) for batch in recorder.batches] == [1, 2, 2]

@@ -9,9 +9,10 @@ batch that runs out of device memory is split and retried, and the frame budget 
 Two priorities. ``HIGH`` (files, realtime finals) waits its turn, bounded by ``max_pending``. ``LOW``
 (realtime partial results, which a newer one soon replaces) never waits beyond the worker's next round:
 that round's high-priority requests are planned first, low ones fill only the frame budget they leave, in
-batches of at most a quarter of it, run after the high ones and only while no high request waits. A low
-request that does not get in fails at once with ``Skipped`` (nothing ran for it), so under load partial
-results are dropped instead of queued, and they delay other work by one small forward at most.
+batches of at most a quarter of it and of what the device runs in 0.1 s at its recent pace, run after the
+high ones and only while no high request waits. A low request that does not get in fails at once with
+``Skipped`` (nothing ran for it), so under load partial results are dropped instead of queued, and they
+delay other work by one small forward at most.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from .batching import plan_batches
 from .errors import DeviceOutOfMemory, InferenceWorkerDied, Overloaded, SenseVoiceError, ShuttingDown
+from .overlap import BatchStages
 from .pipeline import BatchTimings, SenseVoice, Utterance
 from .results import Segment
 
@@ -38,9 +40,11 @@ logger = logging.getLogger(__name__)
 # grows back by 1/RECOVERY_STEPS of the configured maximum (memory freed elsewhere is used again).
 RECOVERY_BATCHES = 16
 RECOVERY_STEPS = 8
-# Low-priority batches are at most this share of the frame budget: high-priority work that arrives while
-# one runs waits for a small forward only.
+# Low-priority batches are at most this share of the frame budget, and at most what the device runs in
+# LOW_BATCH_SECONDS at its recent pace: high-priority work that arrives while one runs waits that long only.
 LOW_BATCH_SHARE = 4
+LOW_BATCH_SECONDS = 0.1
+PACE_SMOOTHING = 0.2  # weight of the latest forward in the running seconds-per-frame estimate
 
 
 class Priority(enum.IntEnum):
@@ -102,8 +106,11 @@ class Scheduler:
         max_wait: float = 0.005,
         max_pending: int = 256,
         on_batch: Callable[[BatchReport], None] | None = None,
+        overlap: bool | None = None,
     ):
+        """``overlap``: finish a batch on a thread of its own while the next runs (default: on a GPU)."""
         self.engine = engine
+        self._stages = BatchStages(engine, overlap)
         self.max_batch_frames = max_batch_frames
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
@@ -120,6 +127,7 @@ class Scheduler:
         self._held: list[_Request] = []  # what the worker has taken off the queue and not finished
         self._budget = max_batch_frames
         self._successes = 0  # forwards since the budget last changed
+        self._seconds_per_frame: float | None = None  # inference time per padded frame, recently
 
     @property
     def pending(self) -> int:
@@ -129,7 +137,7 @@ class Scheduler:
     @property
     def healthy(self) -> bool:
         """The inference worker is running: False before start(), after stop() and while it restarts."""
-        return self._alive and self._thread is not None and self._thread.is_alive()
+        return self._alive and self._thread is not None and self._thread.is_alive() and self._stages.alive
 
     @property
     def frame_budget(self) -> int:
@@ -154,6 +162,7 @@ class Scheduler:
             self._thread.join()
             self._thread = None
             self._alive = False
+        self._stages.close()
 
     def submit(
         self, utterances: Sequence[Utterance], priority: Priority = Priority.HIGH
@@ -272,7 +281,12 @@ class Scheduler:
 
     def _plan(self, items: list[_Member], low_priority: bool) -> list[list[_Member]]:
         frames = [request.utterances[index].frames for request, index in items]
-        budget = max(1, self._budget // LOW_BATCH_SHARE) if low_priority else self._budget
+        budget = self._budget
+        if low_priority:
+            budget //= LOW_BATCH_SHARE
+            if self._seconds_per_frame:
+                budget = min(budget, int(LOW_BATCH_SECONDS / self._seconds_per_frame))
+            budget = max(1, budget)
         return [[items[i] for i in batch] for batch in plan_batches(frames, budget, self.max_batch_size)]
 
     def _still_wanted(self, batch: list[_Member]) -> list[_Member]:
@@ -286,30 +300,42 @@ class Scheduler:
         return wanted
 
     def _forward(self, members: list[_Member]) -> bool:
-        """Run one batch and deliver it; False when the device ran out of memory (nothing delivered)."""
+        """Run one batch and deliver it (its CPU half maybe on the finishing thread, see ``overlap``);
+        False when the device ran out of memory (nothing delivered)."""
         started = time.perf_counter()
         for request, _ in members:
             request.started = request.started or started
         timings = BatchTimings()
         out_of_memory = False
         try:
-            segments = self.engine.run_batch([r.utterances[i] for r, i in members], timings)
+            finish = self._stages.start([r.utterances[i] for r, i in members], timings)
         except torch.OutOfMemoryError:
             # Retried outside this block: the exception's traceback still holds the batch's tensors.
             out_of_memory = True
         except Exception as error:  # one bad batch must not take the worker down
-            logger.exception("batch of %d failed", len(members))
-            failure = (
-                error if isinstance(error, SenseVoiceError) else SenseVoiceError(f"inference failed: {error}")
-            )
-            for request, _ in members:
-                self._finish(request, failure)
+            self._fail(members, error)
             return True
         if out_of_memory:
             if self.engine.device.type == "cuda":
                 torch.cuda.empty_cache()
             return False
         self._grow_budget()
+        self._stages.then(
+            finish,
+            lambda segments: self._deliver(members, timings, segments),
+            lambda error: self._fail(members, error),
+        )
+        return True
+
+    def _fail(self, members: list[_Member], error: Exception) -> None:
+        logger.error("batch of %d failed", len(members), exc_info=error)
+        if not isinstance(error, SenseVoiceError):
+            error = SenseVoiceError(f"inference failed: {error}")
+        for request, _ in members:
+            self._finish(request, error)
+
+    def _deliver(self, members: list[_Member], timings: BatchTimings, segments: list[Segment]) -> None:
+        self._note_pace(members, timings)
         self._report(members, timings)
         # A request waits for the whole batch once, however many of its utterances are in it.
         for request in {id(r): r for r, _ in members}.values():
@@ -320,7 +346,12 @@ class Scheduler:
             request.remaining -= 1
             if request.remaining == 0:
                 self._finish(request)
-        return True
+
+    def _note_pace(self, members: list[_Member], timings: BatchTimings) -> None:
+        padded = len(members) * max(request.utterances[index].frames for request, index in members)
+        pace = (timings.features + timings.model + timings.decoding) / max(padded, 1)
+        previous = self._seconds_per_frame
+        self._seconds_per_frame = pace if previous is None else previous + PACE_SMOOTHING * (pace - previous)
 
     def _shrink_budget(self, failed: list[_Member]) -> None:
         padded = len(failed) * max(request.utterances[index].frames for request, index in failed)
@@ -355,11 +386,11 @@ class Scheduler:
             logger.exception("the batch report failed")
 
     def _finish(self, request: _Request, error: BaseException | None = None) -> None:
-        if request.finished:
-            return
-        request.finished = True
-        if request.priority is Priority.HIGH:
-            with self._lock:
+        with self._lock:  # the worker and the finishing thread may both end a request (see overlap)
+            if request.finished:
+                return
+            request.finished = True
+            if request.priority is Priority.HIGH:
                 self._pending -= 1
         queue_seconds = (request.started or time.perf_counter()) - request.submitted
         try:
