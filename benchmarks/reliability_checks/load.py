@@ -33,6 +33,7 @@ class Body:
 
 @dataclass
 class Outcome:
+    label: str  # which body
     status: int | None  # None: no answer (refused, dropped, timed out)
     seconds: float
     sent_at: float  # time.monotonic() when sent
@@ -56,8 +57,9 @@ async def send(client: httpx.AsyncClient, url: str, body: Body) -> Outcome:
     try:
         response = await client.post(url + body.path, headers=body.headers, content=body.content)
     except httpx.HTTPError as error:
-        return Outcome(None, time.monotonic() - sent_at, sent_at, error=repr(error))
+        return Outcome(body.label, None, time.monotonic() - sent_at, sent_at, error=repr(error))
     return Outcome(
+        body.label,
         response.status_code,
         time.monotonic() - sent_at,
         sent_at,
@@ -137,6 +139,15 @@ async def open_loop(
         return list(await asyncio.gather(*tasks))
 
 
+def _p99_by_label(outcomes: list[Outcome]) -> dict[str, float]:
+    """The p99 of 200s per kind of request: whether the slow tail is one kind (long clips, one endpoint)."""
+    by_label: dict[str, list[float]] = {}
+    for outcome in outcomes:
+        if outcome.status == 200:
+            by_label.setdefault(outcome.label, []).append(outcome.seconds)
+    return {label: percentile(seconds, 0.99) for label, seconds in sorted(by_label.items())}
+
+
 def summarize(outcomes: list[Outcome], wall_seconds: float) -> dict:
     """Status counts, throughput of 200s, and the latency of 200s."""
     admitted = [outcome.seconds for outcome in outcomes if outcome.status == 200]
@@ -150,5 +161,6 @@ def summarize(outcomes: list[Outcome], wall_seconds: float) -> dict:
         "p50_seconds": percentile(admitted, 0.5) if admitted else None,
         "p99_seconds": percentile(admitted, 0.99) if admitted else None,
         "max_seconds": max(admitted, default=None),
+        "p99_seconds_by_request": _p99_by_label(outcomes),
         "errors": sorted({outcome.error for outcome in outcomes if outcome.status not in (200, 503)})[:5],
     }
