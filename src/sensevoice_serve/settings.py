@@ -21,7 +21,12 @@ class Settings(BaseSettings):
         description="serve: one engine and scheduler on each of these (cuda:0,cuda:1), requests to the least "
         "loaded (default: every usable GPU when device is auto, else the one device)",
     )
-    dtype: str = Field("auto", description="auto, fp32, fp16, bf16")
+    dtype: str = Field("auto", description="auto, fp32, fp16, bf16, int8 (CPU only)")
+    # Read where the int8 runtime builds its model (runtimes/int8_cache.py), the Python API included.
+    cache_dir: str | None = Field(
+        None,
+        description="where the int8 model built from model.pt is kept (default: ~/.cache/sensevoice-serve)",
+    )
     language: str = Field("auto", description="auto, zh, en, yue, ja, ko, nospeech")
     use_itn: bool = Field(True, description="inverse text normalisation (punctuation, numbers)")
     ban_emo_unk: bool = Field(False, description="never answer EMO_UNKNOWN")
