@@ -76,11 +76,6 @@ def test_an_idle_session_is_closed_and_a_full_buffer_refuses_audio(guarded: Live
     assert session.ws.close_code == 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/protocol.py's header timer still runs after a WebSocket upgrade and closes the session "
-    "(fix: disarm it in HeaderTimeoutProtocol.handle_websocket_upgrade)",
-)
 def test_a_session_outlives_the_header_read_timeout(start_server) -> None:
     server = start_server(header_timeout_seconds=1, realtime_idle_timeout_seconds=3)
     session = Realtime(server)

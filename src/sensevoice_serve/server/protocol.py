@@ -48,6 +48,11 @@ class HeaderTimeoutProtocol(H11Protocol):
         if self.cycle is not cycle:  # a request's headers were complete: the app has it now
             self._disarm()
 
+    def handle_websocket_upgrade(self, event: object) -> None:
+        # The connection now belongs to a WebSocket protocol, with its own idle timeout: no more headers come.
+        self._disarm()
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         # Armed first: the response's end may hand a pipelined request to the app at once (handle_events).
         self._arm()
