@@ -15,7 +15,7 @@ What sherpa-onnx expects (its ``offline-sense-voice-model.cc`` and ``offline-rec
 The int8 model quantizes MatMul weights to unsigned 8 bits, as sherpa-onnx's own export does: it reports
 that C++ onnxruntime gives wrong results for this model with signed (QInt8) weights.
 
-onnx and onnxruntime are benchmark-only dependencies (the ``bench`` extra); nothing else imports this module.
+The CPU int8 runtime (``runtimes/int8_build.py``) traces its own graphs with ``export_graph``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ TOKENS_FILENAME = "tokens.txt"
 OPSET = 17
 INPUT_NAMES = ["x", "x_length", "language", "text_norm"]
 OUTPUT_NAMES = ["logits"]
+DYNAMIC_AXES = {**{name: {0: "N"} for name in INPUT_NAMES}, "x": {0: "N", 1: "T"}, "logits": {0: "N", 1: "T"}}
 SHERPA_LANGUAGES = ("auto", "zh", "en", "yue", "ja", "ko", "nospeech")
 
 
@@ -107,9 +108,7 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as error:
-        raise ModelLoadError(
-            f"ONNX export needs {error.name}: pip install 'sensevoice-serve[bench]'"
-        ) from error
+        raise ModelLoadError(f"ONNX export needs {error.name}: pip install onnx onnxruntime") from error
     import torch
 
     from .checkpoint import load_model, resolve_model
@@ -123,7 +122,8 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     output.mkdir(parents=True, exist_ok=True)
     model_path = output / MODEL_FILENAME
 
-    _trace(sherpa_graph(model), files.frontend.feature_dim, model_path)
+    example = example_batch(files.frontend.feature_dim)
+    export_graph(sherpa_graph(model), example, model_path, INPUT_NAMES, OUTPUT_NAMES, DYNAMIC_AXES)
 
     proto = onnx.load(str(model_path))
     del proto.metadata_props[:]
@@ -147,21 +147,27 @@ def export_onnx(model_dir: str | Path, output_dir: str | Path, int8: bool = True
     return ExportedModel(model_path, int8_path, tokens_path, files.random_weights)
 
 
-def _trace(graph: nn.Module, feature_dim: int, path: Path) -> None:
+def example_batch(feature_dim: int) -> tuple:
+    """Inputs to trace on: two utterances of different lengths, so tracing sees real padding and keeps batch
+    and time dynamic."""
     import torch
 
     from .model import language_row, textnorm_row
 
-    # Two utterances of different lengths, so tracing sees real padding and keeps batch and time dynamic.
-    example = (
+    return (
         torch.randn(2, 100, feature_dim),
         torch.tensor([80, 100], dtype=torch.int32),
         torch.tensor([language_row("auto"), language_row("zh")], dtype=torch.int32),
         torch.tensor([textnorm_row(True), textnorm_row(False)], dtype=torch.int32),
     )
-    dynamic_axes = {name: {0: "N"} for name in INPUT_NAMES}
-    dynamic_axes["x"] = {0: "N", 1: "T"}
-    dynamic_axes["logits"] = {0: "N", 1: "T"}
+
+
+def export_graph(
+    graph: nn.Module, example: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict
+) -> None:
+    """``graph`` traced on ``example`` into one ONNX file at opset ``OPSET``, with ``axes`` dynamic."""
+    import torch
+
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter warns about every traced shape computation; they are all intended.
         warnings.simplefilter("ignore")
@@ -173,9 +179,9 @@ def _trace(graph: nn.Module, feature_dim: int, path: Path) -> None:
             str(path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
-            dynamic_axes=dynamic_axes,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
         )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,14 +24,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..model import language_row, textnorm_row
+from ..export import example_batch, export_graph
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
     from ..model import SenseVoiceSmall
     from ..tokenizer import Tokenizer
 
-OPSET = 17
 ENCODER, CTC = "encoder", "ctc"
 ENCODER_INPUTS = ["x", "x_length", "language", "text_norm"]
 ENCODER_OUTPUT = "encoded"
@@ -71,20 +69,18 @@ def build_int8_model(files: ModelFiles, tokenizer: Tokenizer, directory: Path, s
     from ..checkpoint import load_model
 
     model = load_model(files, tokenizer, torch.device("cpu"), torch.float32)
-    feature_dim = files.frontend.feature_dim
-    # Two utterances of different lengths, so tracing sees real padding and keeps batch and time dynamic.
-    encoder_example = (
-        torch.randn(2, 100, feature_dim),
-        torch.tensor([80, 100], dtype=torch.int32),
-        torch.tensor([language_row("auto"), language_row("zh")], dtype=torch.int32),
-        torch.tensor([textnorm_row(True), textnorm_row(False)], dtype=torch.int32),
-    )
     encoder_axes = {name: {0: "N"} for name in ENCODER_INPUTS} | {
         "x": {0: "N", 1: "T"},
         ENCODER_OUTPUT: {0: "N", 1: "T4"},
     }
     graphs = {
-        ENCODER: (EncoderGraph(model).eval(), encoder_example, ENCODER_INPUTS, ENCODER_OUTPUT, encoder_axes),
+        ENCODER: (
+            EncoderGraph(model).eval(),
+            example_batch(files.frontend.feature_dim),
+            ENCODER_INPUTS,
+            ENCODER_OUTPUT,
+            encoder_axes,
+        ),
         CTC: (
             CTCGraph(model.ctc.ctc_lo).eval(),
             (torch.randn(7, model.dims.output_size),),
@@ -94,7 +90,7 @@ def build_int8_model(files: ModelFiles, tokenizer: Tokenizer, directory: Path, s
         ),
     }
     for name, (graph, example, inputs, output, axes) in graphs.items():
-        export_graph(graph, example, directory / f"{name}.float.onnx", inputs, output, axes)
+        export_graph(graph, example, directory / f"{name}.float.onnx", inputs, [output], axes)
     del model, graphs  # the float32 weights, before quantization holds its own copy: a lower peak
     gc.collect()
     for name, (onnx_file, data_file) in GRAPH_FILES.items():
@@ -103,24 +99,6 @@ def build_int8_model(files: ModelFiles, tokenizer: Tokenizer, directory: Path, s
         float_path.unlink()
         optimize_graph(int8_path, directory / onnx_file, data_file)
         int8_path.unlink()
-
-
-def export_graph(
-    graph: nn.Module, example: tuple, path: Path, inputs: list[str], output: str, axes: dict
-) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript exporter warns about every traced shape computation; they are all intended.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=inputs,
-            output_names=[output],
-            dynamic_axes=axes,
-        )
 
 
 def quantize_graph(source: Path, target: Path, signed_weights: bool) -> None:
