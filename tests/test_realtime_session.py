@@ -347,3 +347,17 @@ def test_other_rates_are_resampled_to_16_khz(rate: int) -> None:
 
     [(samples, _)] = run(test).transcriber.finals
     assert len(samples) == RATE
+
+
+def test_switching_turn_detection_starts_the_buffer_afresh() -> None:
+    async def test(client: Client) -> None:
+        await client.configure(turn_detection={"type": "server_vad"})
+        await client.append(silence(1.0))  # no speech: nothing to commit, but the VAD keeps its prefix
+        await client.configure(turn_detection=None)
+        await client.append(tone(0.5))
+        await client.send("input_audio_buffer.commit")
+        await client.settle(lambda: client.transcriber.finals)
+
+    client = run(test)
+    [(samples, offset)] = client.transcriber.finals
+    assert len(samples) == RATE // 2 and offset == 1.0 and client.errors() == []

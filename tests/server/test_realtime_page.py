@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +13,7 @@ from sensevoice_serve.audio import decode_audio
 
 from ..conftest import shared_audio
 from .conftest import LiveServer
-
-webdriver = pytest.importorskip("selenium.webdriver")
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromium-driver (apt-get install)"
-)
+from .test_page import CHROMEDRIVER, CHROMIUM, pytestmark, webdriver  # noqa: F401 - the same skip
 
 # Every partial the page shows: an item's text while it is still marked partial.
 WATCH_PARTIALS = """

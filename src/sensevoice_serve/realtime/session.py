@@ -104,6 +104,8 @@ class AudioBuffer:
         self._used = needed
 
     def copy(self, begin: int, end: int) -> np.ndarray:
+        if begin < self.start or end > self.end:
+            raise ValueError(f"samples {begin}-{end} are not all held (held: {self.start}-{self.end})")
         return self._data[begin - self.start : end - self.start].copy()
 
     def release_before(self, index: int) -> None:
@@ -193,7 +195,10 @@ class RealtimeSession:
         if settings.format != self.settings.format:
             self._decoder = AudioDecoder(settings.format)
         if settings.turn_detection != self.settings.turn_detection:
+            # What the VAD kept before any speech belongs to no turn: the new mode starts from here.
             self._detection = None
+            self._decoder.flush()
+            self._audio.release_before(self._audio.end)
         self.settings = settings
         await self._send(server_event("session.updated", session=settings.to_json()))
 
