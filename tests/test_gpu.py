@@ -1,4 +1,5 @@
-"""GPU numerics: fp32 on the GPU against the CPU, bf16 / fp16 against fp32, batch invariance, a batch of 64.
+"""GPU numerics: fp32 on the GPU against the CPU, bf16 / fp16 against fp32, batch invariance, a batch of 64;
+with two GPUs, requests routed over both (``tests/test_gpu_speed.py`` holds the speed figures).
 
 Marker ``gpu``: skipped without CUDA; ``scripts/gpu-check.sh`` runs them on a GPU machine. The checkpoint is
 the full-size RANDOM one (``$GPU_TEST_MODEL_DIR`` when the script has written it already). Random weights
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
@@ -23,6 +25,8 @@ import torch
 
 from sensevoice_serve.audio import SAMPLE_RATE, decode_audio
 from sensevoice_serve.pipeline import SenseVoice, Utterance
+from sensevoice_serve.router import Router
+from sensevoice_serve.scheduler import Scheduler
 
 from .conftest import SHARED_AUDIO
 
@@ -128,18 +132,27 @@ def load(model_dir: Path, device: str, dtype: str) -> SenseVoice:
     return SenseVoice.from_pretrained(model_dir, device=device, dtype=dtype)
 
 
-@pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest) -> Path:
+def model_directory(request: pytest.FixtureRequest) -> Path:
+    """``$GPU_TEST_MODEL_DIR`` (the script's full-size checkpoint), else one written for the session."""
     given = os.environ.get("GPU_TEST_MODEL_DIR")
     return Path(given) if given else request.getfixturevalue("full_model_dir")
 
 
-@pytest.fixture(scope="module")
-def recordings() -> dict[str, np.ndarray]:
+def read_recordings() -> dict[str, np.ndarray]:
     paths = sorted(p for p in AUDIO_DIR.glob("*") if p.is_file() and p.suffix != ".md")
     if not paths:
         pytest.skip(f"no recordings in {AUDIO_DIR}")
     return {path.name: decode_audio(path).samples for path in paths}
+
+
+@pytest.fixture(scope="module")
+def model_dir(request: pytest.FixtureRequest) -> Path:
+    return model_directory(request)
+
+
+@pytest.fixture(scope="module")
+def recordings() -> dict[str, np.ndarray]:
+    return read_recordings()
 
 
 @pytest.fixture(scope="module")
@@ -270,3 +283,45 @@ def test_mixed_length_batch_of_64(
     assert agreement.finite
     floor = FP32_MIN_TOKEN_AGREEMENT if dtype == "fp32" else HALF_MIN_TOKEN_AGREEMENT
     assert agreement.token_agreement >= floor
+
+
+def run_routed(engines: Sequence[SenseVoice], clips: Sequence[np.ndarray]) -> tuple[list[list[int]], float]:
+    """Every clip submitted at once to a Router over one scheduler per engine: tokens and wall seconds."""
+    router = Router([Scheduler(engine, max_batch_frames=20_000) for engine in engines])
+    router.start()
+    try:
+        started = time.perf_counter()
+        futures = [router.submit([Utterance(clip)]) for clip in clips]
+        results = [future.result(timeout=300) for future in futures]
+        seconds = time.perf_counter() - started
+    finally:
+        router.stop()
+    return [[token.id for token in result.segments[0].tokens] for result in results], seconds
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_behind_the_router(
+    model_dir: Path, recordings: dict[str, np.ndarray], strict_fp32: None
+) -> None:
+    """Requests spread over both GPUs (one engine and scheduler each, as serve runs them), with the tokens
+    each clip gets alone on the first GPU."""
+    engines = [load(model_dir, f"cuda:{index}", "fp32") for index in (0, 1)]
+    clips = mixed_lengths(np.concatenate(list(recordings.values())), 48)
+    alone = [[token.id for token in engines[0].run_batch([Utterance(clip)])[0].tokens] for clip in clips]
+    for engine in engines:
+        engine.forward_batch_sizes.clear()
+    together, two_gpu_seconds = run_routed(engines, clips)
+    utterances_per_gpu = [sum(engine.forward_batch_sizes) for engine in engines]
+    _, one_gpu_seconds = run_routed(engines[:1], clips)
+    same = sum(matching_tokens(a, b) for a, b in zip(alone, together, strict=True))
+    total = sum(max(len(a), len(b)) for a, b in zip(alone, together, strict=True))
+    record(
+        "two GPUs behind the router (fp32)",
+        utterances_per_gpu=utterances_per_gpu,
+        token_agreement=same / total if total else 1.0,
+        one_gpu_seconds=one_gpu_seconds,
+        two_gpu_seconds=two_gpu_seconds,
+        audio_seconds=sum(len(clip) for clip in clips) / SAMPLE_RATE,
+    )
+    assert all(utterances_per_gpu) and sum(utterances_per_gpu) == len(clips)
+    assert (same / total if total else 1.0) >= FP32_MIN_TOKEN_AGREEMENT
