@@ -37,7 +37,7 @@ pytestmark = [
 ]
 CMVN = Path(sensevoice_serve.__file__).parent / "assets" / "am.mvn"
 BUSY_GPU_CYCLES = 500_000_000  # torch.cuda._sleep: a fraction of a second of a busy GPU
-OVERLAP_REPEATS = 3
+OVERLAP_REPEATS = 2
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,11 @@ def test_overlap_keeps_the_results_and_its_speed_is_recorded(
     recordings: dict[str, np.ndarray],
 ) -> None:
     engine = load(model_dir, "cuda", "bf16")
-    options = [DecodeOptions(), DecodeOptions(beam_size=4)]  # beam search: a heavier CPU half
-    requests = [Utterance(clip, options[i % 2]) for i, clip in enumerate(speech(recordings, 96))]
+    # A quarter with beam search, a heavier CPU half (with random weights every frame is searched).
+    requests = [
+        Utterance(clip, DecodeOptions(beam_size=4 if i % 4 == 0 else 1))
+        for i, clip in enumerate(speech(recordings, 64))
+    ]
     run_scheduler(engine, requests[:16], overlap=True)  # warm-up
     seconds: dict[bool, list[float]] = {False: [], True: []}
     tokens: dict[bool, list] = {}
@@ -103,7 +106,7 @@ def test_overlap_keeps_the_results_and_its_speed_is_recorded(
             seconds[overlap].append(wall)
     off, on = statistics.median(seconds[False]), statistics.median(seconds[True])
     record(
-        "scheduler overlap (bf16, 96 requests of 1-15 s, half with beam 4)",
+        "scheduler overlap (bf16, 64 requests of 1-15 s, a quarter with beam 4)",
         off_seconds=seconds[False],
         on_seconds=seconds[True],
         on_over_off=on / off,
