@@ -102,6 +102,7 @@ def run_transcribe(files: list[Path], settings: Settings) -> int:
     if conflict := _output_conflict(settings):
         print(f"error: {conflict}", file=sys.stderr)
         return EXIT_USAGE
+    settings.decode_options()  # bad hotwords or beam size: refused before any model loads
     if settings.ray:
         from .ray.command import transcribe_on_ray
 
@@ -147,7 +148,7 @@ def output_options(settings: Settings, model_files: ModelFiles, dtype: str) -> d
     from .device import DTYPES
     from .manifest import file_identity
 
-    return {
+    options = {
         "model": [file_identity(path) for path in model_files.paths],  # new weights: every file again
         "dtype": str(DTYPES.get(dtype, dtype)),
         "language": settings.language,
@@ -157,6 +158,11 @@ def output_options(settings: Settings, model_files: ModelFiles, dtype: str) -> d
         "max_segment_seconds": settings.max_segment_seconds,
         "split_channels": settings.split_channels,
     }
+    decoding = settings.decode_options()
+    if decoding.beam_size > 1:  # greedy keeps the keys of runs made before beam search existed
+        options["beam_size"] = decoding.beam_size
+        options["hotwords"] = [[hotword.phrase, hotword.boost] for hotword in decoding.hotwords]
+    return options
 
 
 def report_plan(plan: ResumePlan, manifest: Path) -> None:
@@ -191,7 +197,6 @@ def _transcribe_files(
     """Transcribe into the sinks the settings ask for; the number of files that failed."""
     import torch
 
-    from .decoding import DecodeOptions
     from .longform import SegmentationOptions, transcribe_sources
     from .pipeline import SenseVoice
 
@@ -202,7 +207,7 @@ def _transcribe_files(
     outcomes = transcribe_sources(
         engine,
         enumerate(files),
-        DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk),
+        settings.decode_options(),
         SegmentationOptions(settings.vad, settings.max_segment_seconds, settings.split_channels),
         max_batch_frames=tuned.max_batch_frames,
         batch_size=settings.batch_size,
@@ -267,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--split-channels", action="store_true", default=None, help="transcribe each channel alone"
     )
+    transcribe.add_argument(
+        "--beam-size", type=int, help="1: greedy; 2-16: beam search (default: 1, or 4 with hotwords)"
+    )
+    transcribe.add_argument("--hotwords", help="phrases to boost, comma-separated: 'ComfyUI:3.0,张三'")
+    transcribe.add_argument("--hotwords-file", help="more hotwords, one per line (phrase or phrase:boost)")
+    transcribe.add_argument("--hotword-score", type=float, help="boost of a hotword without one (1.5)")
     transcribe.add_argument("--batch-size", type=int, help="at most this many utterances per forward")
     transcribe.add_argument("--torch-threads", type=int, help="torch threads (default: tuned)")
     transcribe.add_argument("--max-batch-frames", type=int, help="padded 60 ms frames per forward")

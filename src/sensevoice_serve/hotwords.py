@@ -101,8 +101,13 @@ def parse_hotwords(
 
 
 def hotword_lines(text: str) -> list[str]:
-    """One hotword per line (a hotwords file or form field); blank lines are skipped."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    """One hotword per line (a hotwords file or form field); blank lines and ``#`` comments are skipped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def split_hotwords(text: str) -> list[str]:
+    """Comma-separated hotwords (a flag, an environment variable, a form field); empty items are skipped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ import torch
 from .audio import Audio, AudioInput
 from .batching import BatchTimings, Utterance, plan_batches
 from .checkpoint import ModelFiles, resolve_model
-from .decoding import BatchScores, CTCDecoder, DecodeOptions
+from .decoding import BatchScores, CTCDecoder
 from .device import resolve_device, resolve_dtype
 from .errors import SenseVoiceError
 from .features import FeatureExtractor, load_cmvn
+from .hotwords import DEFAULT_HOTWORD_SCORE
 from .longform import transcribe_sources
 from .results import Segment, Transcription
 from .runtimes import Runtime, load_runtime
 from .segmentation import SegmentationOptions
+from .settings import decode_options
 from .tokenizer import Tokenizer
 
 DEFAULT_MAX_BATCH_FRAMES = 6000  # LFR frames (60 ms each) of padded audio per forward: 6 minutes
@@ -143,6 +145,9 @@ class SenseVoice:
         language: str = "auto",
         use_itn: bool = True,
         ban_emo_unk: bool = False,
+        beam_size: int | None = None,
+        hotwords: Sequence[str] = (),
+        hotword_score: float = DEFAULT_HOTWORD_SCORE,
         vad: str = "auto",
         max_segment_seconds: float = 30.0,
         split_channels: bool = False,
@@ -152,14 +157,15 @@ class SenseVoice:
         """Transcribe paths, bytes, file objects, arrays or decoded ``Audio``; one result per input, in order.
 
         Audio longer than ``max_segment_seconds`` is split at pauses by a VAD (``vad="auto"``) and its
-        segments batched with everything else. Raises the first failing input's error; the CLI and the
-        server report inputs one by one instead.
+        segments batched with everything else. ``hotwords`` (``"phrase"`` or ``"phrase:boost"``) are
+        boosted by a beam search of ``beam_size`` (default: 1, greedy, or 4 with hotwords). Raises the
+        first failing input's error; the CLI and the server report inputs one by one instead.
         """
         if isinstance(inputs, (str, bytes, bytearray, os.PathLike, np.ndarray, Audio)) or hasattr(
             inputs, "read"
         ):
             inputs = [inputs]
-        options = DecodeOptions(language=language, use_itn=use_itn, ban_emo_unk=ban_emo_unk)
+        options = decode_options(language, use_itn, ban_emo_unk, beam_size, hotwords, hotword_score)
         segmentation = SegmentationOptions(vad, max_segment_seconds, split_channels)
         results: list[Transcription | None] = [None] * len(inputs)
         for outcome in transcribe_sources(

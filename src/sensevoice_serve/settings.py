@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import InvalidOption
+from .hotwords import DEFAULT_HOTWORD_SCORE, hotword_lines, split_hotwords
 
 OutputFormat = Literal["json", "txt", "srt", "vtt", "tsv"]
 
@@ -30,6 +36,16 @@ class Settings(BaseSettings):
     language: str = Field("auto", description="auto, zh, en, yue, ja, ko, nospeech")
     use_itn: bool = Field(True, description="inverse text normalisation (punctuation, numbers)")
     ban_emo_unk: bool = Field(False, description="never answer EMO_UNKNOWN")
+    beam_size: int | None = Field(
+        None, description="1: greedy; 2-16: beam search (default: 1, or 4 when there are hotwords)"
+    )
+    hotwords: str | None = Field(
+        None, description="phrases to boost, comma-separated, each optionally phrase:boost ('ComfyUI:3,张三')"
+    )
+    hotwords_file: str | None = Field(
+        None, description="more hotwords, one per line (phrase or phrase:boost; # comments)"
+    )
+    hotword_score: float = Field(DEFAULT_HOTWORD_SCORE, description="boost of a hotword given without one")
     max_batch_frames: int | None = Field(
         None, ge=1, description="padded 60 ms frames per forward (default: tuned)"
     )
@@ -116,6 +132,31 @@ class Settings(BaseSettings):
     output: str | None = Field(None, description="bulk mode: the JSONL results file to append to")
     retry_failed: bool = False
 
+    def hotword_specs(self) -> list[str]:
+        """``hotwords``, then the lines of ``hotwords_file``; unchecked (``decode_options`` checks them)."""
+        specs = split_hotwords(self.hotwords or "")
+        if self.hotwords_file:
+            specs += _hotwords_file_lines(self.hotwords_file)
+        return specs
+
+    def decode_options(
+        self,
+        language: str | None = None,
+        beam_size: int | None = None,
+        hotwords: Sequence[str] | None = None,
+        hotword_score: float | None = None,
+    ):
+        """The DecodeOptions every entry point uses: these settings, with a request's values (not None) on
+        top. A request's hotwords replace the configured ones."""
+        return decode_options(
+            language or self.language,
+            self.use_itn,
+            self.ban_emo_unk,
+            self.beam_size if beam_size is None else beam_size,
+            self.hotword_specs() if hotwords is None else hotwords,
+            self.hotword_score if hotword_score is None else hotword_score,
+        )
+
     def tuned(self):
         """Device, dtype, threads and batching: explicit values, else this machine's profile, else rules."""
         from .tuning import resolve_tuned_settings
@@ -136,3 +177,40 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with the given (non-None) values on top."""
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+HOTWORD_BEAM_SIZE = 4  # beam width when hotwords come without one: enough for boosted phrases to survive
+
+
+def decode_options(
+    language: str = "auto",
+    use_itn: bool = True,
+    ban_emo_unk: bool = False,
+    beam_size: int | None = None,
+    hotwords: Sequence[str] = (),
+    hotword_score: float = DEFAULT_HOTWORD_SCORE,
+):
+    """Checked DecodeOptions (InvalidOption otherwise); ``beam_size`` None is greedy, or
+    ``HOTWORD_BEAM_SIZE`` when there are hotwords (an explicit 1 with hotwords is refused)."""
+    from .decoding import DecodeOptions
+
+    if beam_size is None:
+        beam_size = HOTWORD_BEAM_SIZE if hotwords else 1
+    return DecodeOptions(language, use_itn, ban_emo_unk, beam_size, tuple(hotwords), hotword_score)
+
+
+def _hotwords_file_lines(path: str) -> list[str]:
+    try:
+        stat = Path(path).stat()
+    except OSError as error:
+        raise InvalidOption(f"hotwords file {path}: {error.strerror or error}") from None
+    # Servers build options per request: the file is read again only when it changes.
+    return list(_read_hotwords_file(path, stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=8)
+def _read_hotwords_file(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    try:
+        return tuple(hotword_lines(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidOption(f"hotwords file {path}: {error}") from None
