@@ -39,6 +39,12 @@ def built(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return cache
 
 
+@pytest.fixture
+def cache(built: Path, tmp_path: Path) -> Path:
+    """The test's own copy of the built cache, free to damage."""
+    return Path(shutil.copytree(built, tmp_path / "cache"))
+
+
 def ensure(model_dir: Path, cache: Path) -> Path:
     files = resolve_model(model_dir)
     return int8_cache.ensure_int8_model(files, Tokenizer(files.tokenizer), cache)
@@ -49,9 +55,8 @@ def entries(cache: Path) -> list[Path]:
 
 
 def test_a_cached_model_is_loaded_not_built_again(
-    tiny_model_dir: Path, built: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = Path(shutil.copytree(built, tmp_path / "cache"))
     with caplog.at_level(logging.WARNING):
         entry = ensure(tiny_model_dir, cache)
         files = resolve_model(tiny_model_dir)
@@ -97,9 +102,8 @@ def test_a_stale_build_is_replaced_with_a_notice(
 
 
 def test_a_truncated_build_is_rebuilt_with_a_notice(
-    tiny_model_dir: Path, built: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = Path(shutil.copytree(built, tmp_path / "cache"))
     (entry,) = entries(cache)
     data = entry / "encoder.data"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
@@ -112,9 +116,8 @@ def test_a_truncated_build_is_rebuilt_with_a_notice(
 
 
 def test_a_damaged_graph_of_the_right_size_is_rebuilt_when_it_fails_to_load(
-    tiny_model_dir: Path, built: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = Path(shutil.copytree(built, tmp_path / "cache"))
     (entry,) = entries(cache)
     graph = entry / "encoder.onnx"
     graph.write_bytes(b"\xff" * graph.stat().st_size)  # passes the size check, not the loader
@@ -127,9 +130,8 @@ def test_a_damaged_graph_of_the_right_size_is_rebuilt_when_it_fails_to_load(
 
 
 def test_a_manifest_that_does_not_parse_means_a_rebuild(
-    tiny_model_dir: Path, built: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = Path(shutil.copytree(built, tmp_path / "cache"))
     (entry,) = entries(cache)
     (entry / int8_cache.MANIFEST).write_text("{not json")
     with caplog.at_level(logging.WARNING):

@@ -46,13 +46,13 @@ DYNAMIC_AXES = {**{name: {0: "N"} for name in INPUT_NAMES}, "x": {0: "N", 1: "T"
 SHERPA_LANGUAGES = ("auto", "zh", "en", "yue", "ja", "ko", "nospeech")
 
 
-def sherpa_graph(model: SenseVoiceSmall) -> nn.Module:
-    """Our model behind sherpa-onnx's calling convention: per-utterance query rows in, raw CTC logits out."""
+def encoder_graph(model: SenseVoiceSmall) -> nn.Module:
+    """The encoder as ONNX runs it: features and int32 lengths and query rows in, encoder frames out."""
     # Imported here, like everything torch, so that the CLI can register this command without torch.
     import torch
     from torch import nn
 
-    class SherpaSenseVoiceGraph(nn.Module):
+    class EncoderGraph(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -61,7 +61,25 @@ def sherpa_graph(model: SenseVoiceSmall) -> nn.Module:
             self, x: torch.Tensor, x_length: torch.Tensor, language: torch.Tensor, text_norm: torch.Tensor
         ) -> torch.Tensor:
             encoded, _ = self.model.encode_rows(x, x_length.long(), language.long(), text_norm.long())
-            return self.model.ctc.logits(encoded)
+            return encoded
+
+    return EncoderGraph().eval()
+
+
+def sherpa_graph(model: SenseVoiceSmall) -> nn.Module:
+    """Our model behind sherpa-onnx's calling convention: per-utterance query rows in, raw CTC logits out."""
+    import torch
+    from torch import nn
+
+    class SherpaSenseVoiceGraph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder_graph(model)
+
+        def forward(
+            self, x: torch.Tensor, x_length: torch.Tensor, language: torch.Tensor, text_norm: torch.Tensor
+        ) -> torch.Tensor:
+            return model.ctc.logits(self.encoder(x, x_length, language, text_norm))
 
     return SherpaSenseVoiceGraph().eval()
 

@@ -24,32 +24,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..export import example_batch, export_graph
+from ..export import INPUT_NAMES, encoder_graph, example_batch, export_graph
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
-    from ..model import SenseVoiceSmall
     from ..tokenizer import Tokenizer
 
 ENCODER, CTC = "encoder", "ctc"
-ENCODER_INPUTS = ["x", "x_length", "language", "text_norm"]
 ENCODER_OUTPUT = "encoded"
 CTC_INPUT, CTC_OUTPUT = "frames", "logits"
 GRAPH_FILES = {name: (f"{name}.onnx", f"{name}.data") for name in (ENCODER, CTC)}
-
-
-class EncoderGraph(nn.Module):
-    """The encoder as the runtime calls it: int32 inputs (as ONNX feeds them), frames out."""
-
-    def __init__(self, model: SenseVoiceSmall):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, x: torch.Tensor, x_length: torch.Tensor, language: torch.Tensor, text_norm: torch.Tensor
-    ) -> torch.Tensor:
-        encoded, _ = self.model.encode_rows(x, x_length.long(), language.long(), text_norm.long())
-        return encoded
 
 
 class CTCGraph(nn.Module):
@@ -69,15 +53,15 @@ def build_int8_model(files: ModelFiles, tokenizer: Tokenizer, directory: Path, s
     from ..checkpoint import load_model
 
     model = load_model(files, tokenizer, torch.device("cpu"), torch.float32)
-    encoder_axes = {name: {0: "N"} for name in ENCODER_INPUTS} | {
+    encoder_axes = {name: {0: "N"} for name in INPUT_NAMES} | {
         "x": {0: "N", 1: "T"},
         ENCODER_OUTPUT: {0: "N", 1: "T4"},
     }
     graphs = {
         ENCODER: (
-            EncoderGraph(model).eval(),
+            encoder_graph(model),
             example_batch(files.frontend.feature_dim),
-            ENCODER_INPUTS,
+            INPUT_NAMES,
             ENCODER_OUTPUT,
             encoder_axes,
         ),
