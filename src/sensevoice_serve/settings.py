@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     def decode_options(
         self,
         language: str | None = None,
+        use_itn: bool | None = None,
+        ban_emo_unk: bool | None = None,
         beam_size: int | None = None,
         hotwords: Sequence[str] | None = None,
         hotword_score: float | None = None,
@@ -150,8 +152,8 @@ class Settings(BaseSettings):
         top. A request's hotwords replace the configured ones."""
         return decode_options(
             language or self.language,
-            self.use_itn,
-            self.ban_emo_unk,
+            self.use_itn if use_itn is None else use_itn,
+            self.ban_emo_unk if ban_emo_unk is None else ban_emo_unk,
             self.beam_size if beam_size is None else beam_size,
             self.hotword_specs() if hotwords is None else hotwords,
             self.hotword_score if hotword_score is None else hotword_score,

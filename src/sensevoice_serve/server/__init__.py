@@ -13,6 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
+from ..errors import SenseVoiceError
 from ..settings import Settings, load_settings
 
 EXIT_OK, EXIT_LOAD_FAILED, EXIT_USAGE = 0, 1, 2
@@ -24,7 +25,8 @@ SERVE_FLAGS = (
     "realtime_max_sessions", "realtime_partial_interval_ms", "realtime_max_utterance_seconds",
     "realtime_max_buffer_seconds", "realtime_idle_timeout_seconds", "ray", "replicas", "ray_address",
     "max_uploads", "max_upload_temp_mb", "upload_idle_timeout_seconds", "upload_min_rate_kb",
-    "header_timeout_seconds", "decode_timeout_seconds", "public_metrics",
+    "header_timeout_seconds", "decode_timeout_seconds", "public_metrics", "beam_size", "hotwords",
+    "hotwords_file", "hotword_score",
 )  # fmt: skip
 
 
@@ -58,6 +60,11 @@ def _serve_command(args: argparse.Namespace) -> int:
             name = str(problem["loc"][0])
             flag = f"--{name.replace('_', '-')} (or SENSEVOICE_{name.upper()})"
             print(f"error: {flag}: {problem['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings.decode_options()  # the server-wide hotwords: refused now, not in every request
+    except SenseVoiceError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.listen_fd is not None:
         from .supervisor import exit_with_supervisor

@@ -10,12 +10,26 @@ from typing import TypeVar, get_origin
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from ...hotwords import split_hotwords
 from ..service import Service
 from ..uploads import FormReceiver, UploadedFile
 
 Fields = TypeVar("Fields", bound=BaseModel)
+
+
+class HotwordFields(BaseModel):
+    """Hotwords as form fields: repeated, comma-separated, or as ``hotwords[]`` (how OpenAI's SDKs send a
+    list in ``extra_body``). Given, they replace the server's hotwords for the request."""
+
+    hotwords: list[str] = Field([], description="phrases to boost, each optionally phrase:boost")
+    listed_hotwords: list[str] = Field([], alias="hotwords[]", description="as hotwords")
+    hotword_score: float | None = Field(None, description="boost of a hotword given without one")
+
+    def hotword_specs(self) -> list[str] | None:
+        specs = [spec for field in (*self.hotwords, *self.listed_hotwords) for spec in split_hotwords(field)]
+        return specs or None
 
 
 @asynccontextmanager

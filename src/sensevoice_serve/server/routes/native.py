@@ -7,7 +7,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from ...decoding import DecodeOptions
 from ...errors import InvalidOption, SenseVoiceError
@@ -17,7 +17,7 @@ from ..errors import error_body, error_code, json_response
 from ..service import Service
 from ..uploads import UploadedFile
 from .dependencies import ServiceDep
-from .forms import multipart_openapi, received_form, validated
+from .forms import HotwordFields, multipart_openapi, received_form, validated
 from .health import MODEL_NAME
 
 NATIVE_PATH = "/v1/transcribe"
@@ -26,10 +26,11 @@ FILES_FIELD = "files"
 router = APIRouter()
 
 
-class NativeFields(BaseModel):
+class NativeFields(HotwordFields):
     language: str | None = None
     use_itn: bool | None = None
     ban_emo_unk: bool | None = None
+    beam_size: int | None = Field(None, description="1: greedy; 2-16: beam search (default: 4 with hotwords)")
     vad: Literal["auto", "on", "off"] | None = None
     max_segment_seconds: float | None = Field(None, description="at most the server's own cap")
     split_channels: bool | None = None
@@ -54,10 +55,13 @@ async def transcribe_files(request: Request, service: ServiceDep) -> JSONRespons
 
 def _options(fields: NativeFields, settings: Settings) -> tuple[DecodeOptions, SegmentationOptions]:
     """The request's options, each defaulting to the server's."""
-    options = DecodeOptions(
-        fields.language or settings.language,
-        settings.use_itn if fields.use_itn is None else fields.use_itn,
-        settings.ban_emo_unk if fields.ban_emo_unk is None else fields.ban_emo_unk,
+    options = settings.decode_options(
+        fields.language,
+        fields.use_itn,
+        fields.ban_emo_unk,
+        fields.beam_size,
+        fields.hotword_specs(),
+        fields.hotword_score,
     )
     cap = fields.max_segment_seconds
     if cap is not None and cap > settings.max_segment_seconds:
