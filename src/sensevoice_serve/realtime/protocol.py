@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..decoding import DecodeOptions
 from ..errors import InvalidOption
+from ..settings import decode_options
 
 DEFAULT_RATE = 24000  # OpenAI's: clients that never say a rate send 24 kHz PCM16
 PCM_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
@@ -70,9 +71,18 @@ class Transcription:
     model: str = MODEL_NAME
     language: str | None = None  # None: detected per utterance
     prompt: str = ""  # accepted and ignored
+    # SenseVoice extras (None: the server's): echoed only once a client sets them.
+    beam_size: int | None = None
+    hotwords: tuple[str, ...] | None = None
 
     def to_json(self) -> dict:
-        return vars(self).copy()
+        extras = {"beam_size": self.beam_size, "hotwords": self.hotwords}
+        return {
+            "model": self.model,
+            "language": self.language,
+            "prompt": self.prompt,
+            **{name: value for name, value in extras.items() if value is not None},
+        }
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,8 @@ class _TranscriptionUpdate(_Lenient):
     model: str | None = None
     language: str | None = None
     prompt: str | None = None
+    beam_size: int | None = None
+    hotwords: list[str] | None = None
 
 
 class _TurnDetectionUpdate(_Lenient):
@@ -187,10 +199,18 @@ def _transcription(settings: SessionSettings, update: _TranscriptionUpdate) -> T
             raise RealtimeError(
                 "invalid_value", str(error), "session.audio.input.transcription.language"
             ) from error
+    beam_size = current.beam_size if update.beam_size is None else update.beam_size
+    hotwords = current.hotwords if update.hotwords is None else tuple(update.hotwords)
+    try:
+        decode_options(beam_size=beam_size, hotwords=hotwords or ())
+    except InvalidOption as error:
+        raise RealtimeError("invalid_value", str(error), "session.audio.input.transcription") from error
     return Transcription(
         update.model or current.model,
         language,
         current.prompt if update.prompt is None else update.prompt,
+        beam_size,
+        hotwords,
     )
 
 

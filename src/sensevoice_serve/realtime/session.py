@@ -30,6 +30,7 @@ from ..errors import SenseVoiceError
 from ..results import Segment, Transcription
 from ..scheduler import Skipped
 from ..server.errors import error_code
+from ..settings import decode_options
 from .codecs import AudioDecoder
 from .protocol import (
     AudioAppend,
@@ -362,8 +363,18 @@ class RealtimeSession:
             await asyncio.wait([self._finals.popleft()])
 
     def _options(self) -> DecodeOptions:
-        language = self.settings.transcription.language or self._defaults.language
-        return DecodeOptions(language, self._defaults.use_itn, self._defaults.ban_emo_unk)
+        """The server's options under the session's language, beam size and hotwords (which replace the
+        server's); a server beam of 1 leaves hotwords their default beam."""
+        chosen, defaults = self.settings.transcription, self._defaults
+        server_beam = defaults.beam_size if defaults.beam_size > 1 else None
+        return decode_options(
+            chosen.language or defaults.language,
+            defaults.use_itn,
+            defaults.ban_emo_unk,
+            server_beam if chosen.beam_size is None else chosen.beam_size,
+            defaults.hotwords if chosen.hotwords is None else chosen.hotwords,
+            defaults.hotword_score,
+        )
 
 
 def _ms(sample: int) -> int:

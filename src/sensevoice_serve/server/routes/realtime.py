@@ -14,7 +14,6 @@ import json
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.applications import Starlette
 
-from ...decoding import DecodeOptions
 from ...errors import SenseVoiceError, Unauthorized
 from ...realtime.protocol import RealtimeError, error_event
 from ...realtime.session import Limits, RealtimeSession
@@ -80,7 +79,7 @@ class RealtimeHub:
             settings.realtime_max_utterance_seconds,
             settings.realtime_max_buffer_seconds,
         )
-        defaults = DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk)
+        defaults = settings.decode_options()
         transcriber = SchedulerTranscriber(service.scheduler, service.default_segmentation())
         return RealtimeSession(
             send.send, transcriber, self.speech, defaults, limits, _Observer(service.metrics)
