@@ -18,7 +18,7 @@ from ..checkpoint import resolve_model
 from ..errors import SenseVoiceError
 from ..settings import Settings
 from .cluster import Cluster, ray_cluster
-from .resources import engine_tuned, plan_actors, plan_replicas
+from .resources import EnginePlan, engine_tuned, plan_actors, plan_replicas
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
@@ -90,23 +90,46 @@ def transcribe_on_ray(files: list[Path], settings: Settings) -> int:
 
 def _transcribe(files: list[Path], settings: Settings, cluster: Cluster, model_files: ModelFiles) -> int:
     from ..cli import output_options, report_plan
-    from .data import transcribe_dataset
-    from .outputs import open_sinks, plan_bulk_run
+    from ..manifest import plan_resume
+    from .parquet import is_parquet, results_file_for, write_parquet
 
+    dataset = Path(settings.output) if settings.output and is_parquet(settings.output) else None
+    if dataset is not None:  # made from the plain CLI's results file, kept beside it
+        settings = settings.model_copy(update={"output": str(results_file_for(dataset))})
     plan = plan_actors(settings, cluster.cpus, cluster.gpus)
+    tuned = engine_tuned(settings, plan, cluster.local)
     keys: dict[Path, str] = {}
     failures = 0
     if settings.output:
-        options = output_options(settings, model_files, engine_tuned(settings, plan, cluster.local).dtype)
-        bulk = plan_bulk_run(files, settings, options)
-        report_plan(bulk, Path(settings.output))
+        results = Path(settings.output)
+        options = output_options(settings, model_files, tuned.dtype)
+        bulk = plan_resume(files, results, options, settings.retry_failed)
+        report_plan(bulk, results)
         failures = len(bulk.unreadable) + bulk.not_retried
         files, keys = bulk.todo, bulk.keys
-    if not files:
-        return EXIT_FILE_ERRORS if failures else EXIT_OK
-    sinks = open_sinks(settings, keys, several=len(files) > 1)
+    if files:
+        failures += _write_results(files, keys, settings, plan, model_files.directory, tuned.max_batch_frames)
+    if dataset is not None and Path(settings.output).exists():
+        write_parquet(Path(settings.output), dataset)
+    return EXIT_FILE_ERRORS if failures else EXIT_OK
+
+
+def _write_results(
+    files: list[Path],
+    keys: dict[Path, str],
+    settings: Settings,
+    plan: EnginePlan,
+    model_dir: Path,
+    max_batch_frames: int,
+) -> int:
+    """Run the pipeline into the plain CLI's outputs; the number of files that failed."""
+    from ..cli import _open_sinks
+    from .data import transcribe_dataset
+
+    failures = 0
+    sinks = _open_sinks(settings, keys, several=len(files) > 1)
     try:
-        for done in transcribe_dataset(files, settings, plan, model_files.directory):
+        for done in transcribe_dataset(files, settings, plan, model_dir, max_batch_frames):
             if done.error is not None:
                 failures += 1
                 print(f"error: {done.path}: {done.error}", file=sys.stderr)
@@ -120,4 +143,4 @@ def _transcribe(files: list[Path], settings: Settings, cluster: Cluster, model_f
     finally:
         for sink in sinks:
             sink.close()
-    return EXIT_FILE_ERRORS if failures else EXIT_OK
+    return failures

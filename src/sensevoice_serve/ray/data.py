@@ -30,8 +30,10 @@ from ..segmentation import default_detector, stream_utterances
 from ..settings import Settings
 from .resources import EnginePlan, engine_settings
 
-# Files per actor call: their segments share the engine's batches, so more files fill more of a batch.
-ROWS_PER_CALL = 32
+# Files per actor call: their segments share the engine's batches. At least enough short (5 s) files to fill
+# one forward of the engine's frame budget, so a GPU's large batches are full.
+SHORT_FILE_FRAMES = 84
+MIN_ROWS_PER_CALL = 32
 # Files per dataset block: the unit a decoding task takes; small, so the work spreads and streams.
 FILES_PER_BLOCK = 4
 NO_CHANNEL = -1
@@ -47,6 +49,10 @@ class FileResult:
     path: Path
     result: Transcription | None
     error: str | None
+
+
+def rows_per_call(max_batch_frames: int) -> int:
+    return max(MIN_ROWS_PER_CALL, max_batch_frames // SHORT_FILE_FRAMES)
 
 
 def decode_options(settings: Settings) -> DecodeOptions:
@@ -137,7 +143,7 @@ class Transcriber:
 
 
 def transcribe_dataset(
-    files: list[Path], settings: Settings, plan: EnginePlan, model_dir: Path
+    files: list[Path], settings: Settings, plan: EnginePlan, model_dir: Path, max_batch_frames: int
 ) -> Iterator[FileResult]:
     """Run ``files`` through the pipeline; each file's result or error as soon as it is done."""
     context = ray.data.DataContext.get_current()
@@ -156,7 +162,7 @@ def transcribe_dataset(
         .map_batches(
             Transcriber,
             fn_constructor_kwargs={"model_dir": str(model_dir), "settings": settings.model_dump()},
-            batch_size=ROWS_PER_CALL,
+            batch_size=rows_per_call(max_batch_frames),
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=plan.count),
             num_cpus=plan.cpus,

@@ -1,30 +1,21 @@
-"""Bulk results as a Parquet dataset (``--output results.parquet``): a directory of part files, one row per
-input, with the columns of the JSON Lines results file (segments and tokens as nested lists).
+"""Bulk results as Parquet (``--output results.parquet``), made from the plain CLI's JSON Lines results file.
 
-Finished files are buffered and written as a part every ``FLUSH_ROWS`` rows or ``FLUSH_SECONDS``, and at the
-end. A part is written under a hidden name, made durable, then renamed into place, so the dataset never holds
-a torn part (readers skip hidden files, and the next run removes them); a crash loses the buffered rows,
-which the next run redoes. What a rerun skips is the keys of the parts in place (``read_parquet_done``).
+The run keeps that file beside the Parquet one (``results.parquet.jsonl``): a line per file appended and
+made durable as each finishes, what a rerun skips, failures recorded once, exactly as ``--output
+results.jsonl`` does. When the run ends, the Parquet file is written from it: one row per file (its latest
+record, so a failure retried with ``--retry-failed`` appears once), with the JSON Lines fields, segments and
+tokens as nested lists. A run killed part-way leaves the Parquet file of the last finished run; its rerun
+brings it up to date.
 """
 
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-
-from ..manifest import Done, ResumePlan, file_key
-from ..results import Transcription
-from ..sinks import Sink
-
-FLUSH_ROWS = 1000
-FLUSH_SECONDS = 10.0
-PART_GLOB = "part-*.parquet"
-TORN_GLOB = ".part-*"
 
 _TOKEN = pa.struct(
     [("id", pa.int64()), ("text", pa.string()), ("start", pa.float64()), ("end", pa.float64())]
@@ -51,79 +42,29 @@ def is_parquet(output: str | os.PathLike) -> bool:
     return Path(output).suffix.lower() == ".parquet"
 
 
-def read_parquet_done(directory: Path) -> Done:
-    """The keys recorded in the dataset's parts: results and failures."""
-    done = Done(set(), set())
-    for part in sorted(directory.glob(PART_GLOB)):
-        table = pq.read_table(part, columns=["key", "error"])
-        for key, error in zip(table["key"].to_pylist(), table["error"].to_pylist(), strict=True):
-            (done.succeeded if error is None else done.failed).add(key)
-    return done
+def results_file_for(dataset: Path) -> Path:
+    """The JSON Lines results file a Parquet output is made from."""
+    return dataset.with_name(dataset.name + ".jsonl")
 
 
-def plan_parquet_run(files: list[Path], directory: Path, options: dict, retry_failed: bool) -> ResumePlan:
-    """As ``manifest.plan_resume`` does for a JSON Lines file: what is left to do, and why the rest is not."""
-    done = read_parquet_done(directory)
-    plan = ResumePlan()
-    seen: set[str] = set()
-    for path in files:
-        try:
-            key = file_key(path, options)
-        except OSError as error:
-            plan.unreadable.append((path, error.strerror or str(error)))
-            continue
-        repeated = key in seen
-        seen.add(key)
-        if repeated or key in done.succeeded:
-            plan.already_done += 1
-        elif key in done.failed and not retry_failed:
-            plan.not_retried += 1
-        else:
-            plan.todo.append(path)
-            plan.keys[path] = key
-    return plan
-
-
-class ParquetSink(Sink):
-    """Rows into part files of ``directory``; see the module's docstring for when they become durable."""
-
-    def __init__(self, directory: Path, keys: dict[Path, str]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for torn in directory.glob(TORN_GLOB):  # left by a run that crashed while writing a part
-            torn.unlink()
-        self._directory = directory
-        self._keys = keys
-        self._run = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        self._parts = 0
-        self._rows: list[dict] = []
-        self._flushed_at = time.monotonic()
-
-    def write(self, path: Path, result: Transcription) -> None:
-        self._add({"key": self._keys[path], "path": str(path), **result.to_dict()})
-
-    def fail(self, path: Path, message: str) -> None:
-        self._add({"key": self._keys[path], "path": str(path), "error": message})
-
-    def close(self) -> None:
-        self._flush()
-
-    def _add(self, row: dict) -> None:
-        self._rows.append(row)
-        if len(self._rows) >= FLUSH_ROWS or time.monotonic() - self._flushed_at >= FLUSH_SECONDS:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._flushed_at = time.monotonic()
-        if not self._rows:
-            return
-        name = f"part-{self._run}-{self._parts:05d}.parquet"
-        hidden = self._directory / f".{name}"
-        pq.write_table(pa.Table.from_pylist(self._rows, schema=SCHEMA), hidden)
-        _fsync(hidden, os.O_RDONLY)
-        hidden.rename(self._directory / name)
-        _fsync(self._directory, os.O_RDONLY | os.O_DIRECTORY)
-        self._parts += 1
-        self._rows = []
+def write_parquet(results: Path, dataset: Path) -> int:
+    """Write ``dataset`` from the JSON Lines ``results``, whole, then renamed into place; its row count."""
+    # pyarrow reads JSON in blocks that must each hold whole lines: a long file's record can be megabytes.
+    with results.open("rb") as handle:
+        longest = max((len(line) for line in handle), default=0)
+    table = pa_json.read_json(
+        results,
+        read_options=pa_json.ReadOptions(block_size=max(1 << 20, longest + 1)),
+        parse_options=pa_json.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore"),
+    )
+    latest = {key: index for index, key in enumerate(table["key"].to_pylist())}
+    table = table.take(sorted(latest.values()))
+    partial = dataset.with_name(f".{dataset.name}.partial")
+    pq.write_table(table, partial)
+    _fsync(partial, os.O_RDONLY)
+    partial.replace(dataset)
+    _fsync(dataset.parent, os.O_RDONLY | os.O_DIRECTORY)
+    return table.num_rows
 
 
 def _fsync(path: Path, flags: int) -> None:
