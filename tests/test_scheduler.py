@@ -17,7 +17,7 @@ from sensevoice_serve.errors import DeviceOutOfMemory, InferenceWorkerDied, Over
 from sensevoice_serve.pipeline import SenseVoice
 from sensevoice_serve.results import Segment
 from sensevoice_serve.scheduler import (
-    LOW_BATCH_SECONDS,
+    LOW_FORWARD_SECONDS,
     RECOVERY_BATCHES,
     RECOVERY_STEPS,
     BatchReport,
@@ -343,14 +343,14 @@ class PacedEngine(FlakyEngine):
         return segments
 
 
-def test_low_priority_batches_last_about_a_tenth_of_a_second_at_the_devices_pace(tiny_engine) -> None:
+def test_low_priority_forwards_stay_short_at_the_devices_pace(tiny_engine) -> None:
     names: dict[int, str] = {}
     recorder = Recorder(names, block_first=True)
     first, lows = named(names, "first", 1), [named(names, f"low{i}", 1) for i in range(4)]
     frames = first[0].frames
-    # Two of these utterances take a little under 0.1 s: low-priority batches of two, though a quarter
-    # of the frame budget would hold eight.
-    engine = PacedEngine(tiny_engine, LOW_BATCH_SECONDS / (2 * frames) * 0.99, recorder)
+    # Two of these one-second utterances take a little under LOW_FORWARD_SECONDS: low-priority batches of
+    # two, though a quarter of the frame budget would hold eight.
+    engine = PacedEngine(tiny_engine, LOW_FORWARD_SECONDS / (2 * frames) * 0.99, recorder)
     scheduler = Scheduler(engine, max_batch_frames=32 * frames)
     scheduler.start()
     running = scheduler.submit(first)  # its forward tells the scheduler the pace

@@ -9,10 +9,10 @@ batch that runs out of device memory is split and retried, and the frame budget 
 Two priorities. ``HIGH`` (files, realtime finals) waits its turn, bounded by ``max_pending``. ``LOW``
 (realtime partial results, which a newer one soon replaces) never waits beyond the worker's next round:
 that round's high-priority requests are planned first, low ones fill only the frame budget they leave, in
-batches of at most a quarter of it and of what the device runs in 0.1 s at its recent pace, run after the
+batches of at most a quarter of it and of what the device runs in 0.3 s at its recent pace, run after the
 high ones and only while no high request waits. A low request that does not get in fails at once with
-``Skipped`` (nothing ran for it), so under load partial results are dropped instead of queued, and they
-delay other work by one small forward at most.
+``Skipped`` (nothing ran for it): under load partial results are dropped instead of queued, and they delay
+other work by one forward at most, short unless a single low request is long.
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ logger = logging.getLogger(__name__)
 # grows back by 1/RECOVERY_STEPS of the configured maximum (memory freed elsewhere is used again).
 RECOVERY_BATCHES = 16
 RECOVERY_STEPS = 8
-# Low-priority batches are at most this share of the frame budget, and at most what the device runs in
-# LOW_BATCH_SECONDS at its recent pace: high-priority work that arrives while one runs waits that long only.
+# Forwards cannot be interrupted, so low-priority ones are kept short: batches of at most this share of the
+# frame budget and of what the device runs in LOW_FORWARD_SECONDS at its recent pace (one request longer
+# than that still runs, alone). High-priority work that arrives meanwhile waits that long.
 LOW_BATCH_SHARE = 4
-LOW_BATCH_SECONDS = 0.1
+LOW_FORWARD_SECONDS = 0.3
 PACE_SMOOTHING = 0.2  # weight of the latest forward in the running seconds-per-frame estimate
 
 
@@ -285,7 +286,7 @@ class Scheduler:
         if low_priority:
             budget //= LOW_BATCH_SHARE
             if self._seconds_per_frame:
-                budget = min(budget, int(LOW_BATCH_SECONDS / self._seconds_per_frame))
+                budget = min(budget, int(LOW_FORWARD_SECONDS / self._seconds_per_frame))
             budget = max(1, budget)
         return [[items[i] for i in batch] for batch in plan_batches(frames, budget, self.max_batch_size)]
 
