@@ -93,6 +93,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     for name, kind, what in SETTINGS_FLAGS:
         parser.add_argument("--" + name.replace("_", "-"), type=kind, help=what)
     parser.add_argument(
+        "--devices",
+        help="an engine on each of these (cuda:0,cuda:1), requests routed as serve routes them; the "
+        "report adds what each device did (default: one device)",
+    )
+    parser.add_argument(
         "--tune",
         action="store_true",
         help="measure a few settings candidates and write the best to the profile serve and transcribe load",
@@ -172,7 +177,8 @@ def _bench_command(args: argparse.Namespace) -> int:
         _emit(report, markdown, args.json)
         return EXIT_OK
     report = run_bench(
-        model_dir, clips, resolve_tuned_settings(explicit), args.requests, args.concurrency, _progress
-    )
+        model_dir, clips, resolve_tuned_settings(explicit), args.requests, args.concurrency, _progress,
+        args.devices,
+    )  # fmt: skip
     _emit(report, render_markdown(report), args.json)
     return EXIT_REQUEST_ERRORS if any(row["stability"]["errors"] for row in report["clips"]) else EXIT_OK

@@ -37,10 +37,11 @@ class RequestTiming:
 class ServiceClient:
     """A started ``Service`` with these settings and an event loop of its own, as ``serve`` would run it."""
 
-    def __init__(self, model_dir: Path, settings: TunedSettings):
-        server_settings = load_settings(
-            model=str(model_dir), **{k: v for k, v in asdict(settings).items() if k != "source"}
-        )
+    def __init__(self, model_dir: Path, settings: TunedSettings, devices: str | None = None):
+        values = {k: v for k, v in asdict(settings).items() if k != "source"}
+        if devices is not None:
+            del values["device"]  # an engine on each of ``devices``, as serve --devices runs
+        server_settings = load_settings(model=str(model_dir), devices=devices, **values)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="bench-loop", daemon=True)
         self._loop_thread.start()
@@ -50,6 +51,11 @@ class ServiceClient:
             self.close()
             raise SenseVoiceError(f"the server did not start: {self.service.load_error}")
         self.engine = self.service.engine
+        self.engines = self.service.engines
+
+    def device_report(self) -> list[dict]:
+        """Each device's batches and audio seconds since the warm-up."""
+        return self.service.device_metrics.snapshot(self.service.scheduler)
 
     def request(self, clip: BenchClip) -> RequestTiming:
         """One upload that asks for nothing special, end to end; blocks this thread until its result."""

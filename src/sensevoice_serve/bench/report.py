@@ -108,6 +108,17 @@ def _throughput_table(report: dict) -> list[str]:
     return lines
 
 
+def _device_table(devices: list[dict]) -> list[str]:
+    """What each device did over the whole run (the router sends each request to the least loaded)."""
+    total = sum(device["audio_seconds"] for device in devices) or 1.0
+    lines = ["| device | batches | audio seconds | share | peak GPU (torch) |", "|---|---|---|---|---|"]
+    for device in devices:
+        share = device["audio_seconds"] / total
+        cells = [device["device"], str(device["batches"]), f"{device['audio_seconds']:.0f}", f"{share:.0%}"]
+        lines.append(_row([*cells, format_mb(device["gpu_max_allocated_mb"])]))
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """The bench report: latency and its parts, then throughput, memory and stability, per clip."""
     lines = _header(report)
@@ -121,6 +132,8 @@ def render_markdown(report: dict) -> str:
         "",
         *_throughput_table(report),
     ]
+    if len(report.get("devices", [])) > 1:
+        lines += ["", *_device_table(report["devices"])]
     errors = [m for row in report["clips"] for m in row["stability"]["messages"]]
     if errors:
         lines += ["", "Errors seen:", *(f"- {message}" for message in errors)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,23 +28,32 @@ def run_bench(
     requests: int,
     concurrency: Sequence[int],
     progress: Progress,
+    devices: str | None = None,
 ) -> dict:
-    """Cold start, latency, throughput, memory and stability for each clip; the report as a dict."""
+    """Cold start, latency, throughput, memory and stability for each clip; the report as a dict. With
+    ``devices``, an engine on each (cold starts stay on one), and what each device did."""
     rows = [{"label": clip.label, "seconds": clip.seconds} for clip in clips]
     stabilities = [Stability() for _ in clips]
     # Cold starts first, while no model of ours is loaded here to compete for memory and cores.
     for clip, row, stability in zip(clips, rows, stabilities, strict=True):
         progress(f"cold start, {clip.label}")
         row["cold_start"] = _cold_start(model_dir, settings, clip, stability)
-    with ServiceClient(model_dir, settings) as client:
+    with ServiceClient(model_dir, settings, devices) as client:
         engine = client.engine
+        peaks: list[list[float | None]] = [[] for _ in client.engines]
         for clip, row, stability in zip(clips, rows, stabilities, strict=True):
-            with PeakMemory(engine.device) as memory:
+            with ExitStack() as stack:
+                memories = [stack.enter_context(PeakMemory(e.device)) for e in client.engines]
                 progress(f"latency, {clip.label}: {requests} requests one at a time")
                 row["latency"] = measure_latency(client, clip, requests, stability)
                 row["throughput"] = _throughputs(client, clip, requests, concurrency, stability, progress)
-            row["memory"] = memory.result
+            row["memory"] = memories[0].result
             row["stability"] = stability.to_dict()
+            for peak, memory in zip(peaks, memories, strict=True):
+                peak.append(memory.result["gpu_max_allocated_mb"])
+        per_device = client.device_report()
+    for device, peak in zip(per_device, peaks, strict=True):
+        device["gpu_max_allocated_mb"] = max(peak) if None not in peak else None
     return {
         **describe_run(BENCH_REPORT, model_dir),
         "settings": asdict(settings),
@@ -52,6 +62,7 @@ def run_bench(
         "requests": requests,
         "concurrency": list(concurrency),
         "clips": rows,
+        "devices": per_device,
     }
 
 
