@@ -40,16 +40,6 @@ BUSY_GPU_CYCLES = 500_000_000  # torch.cuda._sleep: a fraction of a second of a 
 OVERLAP_REPEATS = 2
 
 
-@pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest) -> Path:
-    return model_directory(request)
-
-
-@pytest.fixture(scope="module")
-def recordings() -> dict[str, np.ndarray]:
-    return read_recordings()
-
-
 def speech(recordings: dict[str, np.ndarray], count: int, seed: int = 0) -> list[np.ndarray]:
     """``count`` clips of 1-15 s cut at random from the recordings end to end."""
     material = np.tile(np.concatenate(list(recordings.values())), 2)
@@ -59,7 +49,8 @@ def speech(recordings: dict[str, np.ndarray], count: int, seed: int = 0) -> list
     return [material[start : start + n] for n, start in zip(lengths, starts, strict=True)]
 
 
-def test_staged_audio_is_pinned_and_never_overwritten_in_flight(recordings: dict[str, np.ndarray]) -> None:
+def test_staged_audio_is_pinned_and_never_overwritten_in_flight() -> None:
+    recordings = read_recordings()
     staged = FeatureExtractor(FrontendConfig(), *load_cmvn(CMVN), device="cuda")
     unstaged = FeatureExtractor(FrontendConfig(), *load_cmvn(CMVN), device="cuda")
     unstaged._staging = None
@@ -87,11 +78,8 @@ def run_scheduler(engine: SenseVoice, requests: list[Utterance], overlap: bool) 
     return [[t.id for t in result.segments[0].tokens] for result in results], time.perf_counter() - started
 
 
-def test_overlap_keeps_the_results_and_its_speed_is_recorded(
-    model_dir: Path,
-    recordings: dict[str, np.ndarray],
-) -> None:
-    engine = load(model_dir, "cuda", "bf16")
+def test_overlap_keeps_the_results_and_its_speed_is_recorded(request: pytest.FixtureRequest) -> None:
+    engine, recordings = load(model_directory(request), "cuda", "bf16"), read_recordings()
     # A quarter with beam search, a heavier CPU half (with random weights every frame is searched).
     requests = [
         Utterance(clip, DecodeOptions(beam_size=4 if i % 4 == 0 else 1))
@@ -116,13 +104,9 @@ def test_overlap_keeps_the_results_and_its_speed_is_recorded(
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_forward_launch_against_gpu_time_is_recorded(
-    model_dir: Path,
-    recordings: dict[str, np.ndarray],
-    dtype: str,
-) -> None:
-    engine = load(model_dir, "cuda", dtype)
-    material = np.concatenate(list(recordings.values()))
+def test_forward_launch_against_gpu_time_is_recorded(request: pytest.FixtureRequest, dtype: str) -> None:
+    engine = load(model_directory(request), "cuda", dtype)
+    material = np.concatenate(list(read_recordings().values()))
     shapes = []
     with torch.inference_mode():
         for batch, seconds in ((1, 5), (8, 10), (32, 30)):
