@@ -72,6 +72,9 @@ def session_options(threads: int) -> onnxruntime.SessionOptions:
     # The graphs were optimized when they were built; doing it again only costs start-up time.
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3  # errors only: it warns about unused initializers of optimized graphs
+    # Without its arena, onnxruntime hands a large batch's activations and logits back to the system: a server
+    # stays at its idle memory between bursts. Measured no slower (16 x 10 s batch, interleaved).
+    options.enable_cpu_mem_arena = False
     return options
 
 
