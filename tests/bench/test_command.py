@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,6 @@ from sensevoice_serve.bench.layout import PARTS
 from ..conftest import SHARED_AUDIO
 from .conftest import run_command
 
-BENCH_BUDGET_S = 60
-
 
 @pytest.fixture(scope="module")
 def bench_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -23,7 +20,6 @@ def bench_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"{SHARED_AUDIO} is missing (the shared recordings live beside the checkout)")
     scratch = tmp_path_factory.mktemp("bench")
     json_path = scratch / "bench.json"
-    started = time.perf_counter()
     with pytest.MonkeyPatch.context() as patch:
         # Whatever profile this machine has, the run uses the automatic settings.
         patch.setenv("SENSEVOICE_PROFILE", str(scratch / "no-profile.json"))
@@ -31,13 +27,12 @@ def bench_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             ["bench", "--model", str(tiny_model_dir), "--clip-seconds", "5,10", "--requests", "3",
              "--concurrency", "1,4", "--json", str(json_path)]
         )  # fmt: skip
-    return code, markdown, json.loads(json_path.read_text()), time.perf_counter() - started
+    return code, markdown, json.loads(json_path.read_text())
 
 
-def test_bench_gives_a_complete_table_and_valid_json_quickly(bench_run) -> None:
-    code, markdown, report, elapsed = bench_run
+def test_bench_gives_a_complete_table_and_valid_json(bench_run) -> None:
+    code, markdown, report = bench_run
     assert code == 0
-    assert elapsed < BENCH_BUDGET_S
     assert report["report"] == "sensevoice-bench" and report["model"]["random_weights"] is True
     assert report["machine"]["cpu_count"] >= 1 and report["cpu_model"] and report["versions"]["torch"]
     assert {check["name"] for check in report["doctor"]} >= {"torch build", "cpu", "codec mp3"}
@@ -82,7 +77,7 @@ def test_json_to_standard_output_replaces_the_tables(tiny_model_dir: Path) -> No
 
 
 def test_compare_prints_ratios_side_by_side(bench_run, tmp_path: Path) -> None:
-    _, _, report, _ = bench_run
+    _, _, report = bench_run
     slower = copy.deepcopy(report)
     for row in slower["clips"]:
         row["latency"]["p50_s"] *= 2

@@ -154,7 +154,8 @@ def test_decoded_uploads_leave_no_spill_files(server: LiveServer, speech) -> Non
     """Samples come back from the decode workers through files: none may outlive its request."""
     response = server.transcribe_native(("a.wav", wav(speech)), ("bad.mp3", b"not audio" * 100))
     assert [entry["status"] for entry in response.json()["results"]] == [200, 400]
-    spill_dirs = list(server.temp_dir.glob("sensevoice-uploads-*"))
+    # The supervisor gives its serving process a temp directory of its own inside the server's TMPDIR.
+    spill_dirs = list(server.temp_dir.glob("sensevoice-serve-*/sensevoice-uploads-*"))
     assert spill_dirs
     assert [path for directory in spill_dirs for path in directory.iterdir()] == []
 
