@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from sensevoice_serve.cli import main
-from sensevoice_serve.ray.data import rows_per_call
-from sensevoice_serve.ray.parquet import results_file_for
 from sensevoice_serve.tuning import CPU_BATCH_FRAMES
 
 from ..conftest import SHARED_AUDIO, shared_audio
 from ..server.conftest import wait_until
-from .conftest import RayRun
+from .conftest import RAY_MISSING, RayRun
 
 pytestmark = pytest.mark.slow
-pq = pytest.importorskip("pyarrow.parquet", reason="the ray extra is not installed (pip install -e '.[ray]')")
+data = pytest.importorskip("sensevoice_serve.ray.data", reason=RAY_MISSING)
+parquet = pytest.importorskip("sensevoice_serve.ray.parquet", reason=RAY_MISSING)
+pq = pytest.importorskip("pyarrow.parquet", reason=RAY_MISSING)
 
 RUN_SECONDS = 300
 
@@ -49,7 +49,7 @@ def test_the_shared_recordings_give_the_plain_clis_results(
 
     rows = {row["path"]: row for row in pq.read_table(dataset).to_pylist()}
     expected = {record["path"]: record for record in records(plain)}
-    assert [record["path"] for record in records(results_file_for(dataset))] != []  # the run's results file
+    assert records(parquet.results_file_for(dataset))  # the run's JSON Lines results file, kept beside
     assert rows.keys() == expected.keys()
     for path, record in expected.items():
         assert rows[path] == {**dict.fromkeys(rows[path]), **record}, path  # a failure's row: nulls beside
@@ -65,7 +65,7 @@ def test_a_killed_run_rerun_records_every_file_once(
     The files before it fill at least one of the actor's calls, so results are recorded before it."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    for index in range(rows_per_call(CPU_BATCH_FRAMES) + 8):
+    for index in range(data.rows_per_call(CPU_BATCH_FRAMES) + 8):
         os.link(shared_audio("zh_sample.wav"), inputs / f"{index:02d}.wav")
     (inputs / "50_broken.mp3").write_bytes(os.urandom(4096))
     last = inputs / "99_last.wav"

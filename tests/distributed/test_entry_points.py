@@ -13,6 +13,8 @@ import yaml
 
 from sensevoice_serve.cli import main
 
+from .conftest import RAY_MISSING
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
@@ -22,7 +24,7 @@ def test_importing_the_package_does_not_import_ray() -> None:
 
 
 def test_the_serve_run_targets_build_applications() -> None:
-    from ray.serve import Application
+    Application = pytest.importorskip("ray.serve", reason=RAY_MISSING).Application  # noqa: N806
 
     import sensevoice_serve.ray
 
@@ -38,9 +40,8 @@ def serve_configs() -> list[dict]:
 
 @pytest.mark.parametrize("config", serve_configs(), ids=["serve-config", "rayservice"])
 def test_the_shipped_serve_configs_are_valid_and_point_at_the_builder(config: dict) -> None:
-    from ray.serve.schema import ServeDeploySchema
-
-    ServeDeploySchema.model_validate(config)
+    schema = pytest.importorskip("ray.serve.schema", reason=RAY_MISSING)
+    schema.ServeDeploySchema.model_validate(config)
     (application,) = config["applications"]
     module, name = application["import_path"].split(":")
     assert name == "build_app" and hasattr(importlib.import_module(module), name)

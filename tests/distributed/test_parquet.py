@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from sensevoice_serve.manifest import ManifestWriter
-from sensevoice_serve.ray.parquet import results_file_for, write_parquet
 from sensevoice_serve.results import Segment, Token, Transcription
 from sensevoice_serve.sinks import ManifestSink
 
-pq = pytest.importorskip("pyarrow.parquet", reason="the ray extra is not installed (pip install -e '.[ray]')")
+from .conftest import RAY_MISSING
+
+parquet = pytest.importorskip("sensevoice_serve.ray.parquet", reason=RAY_MISSING)
+pq = pytest.importorskip("pyarrow.parquet", reason=RAY_MISSING)
 
 
 def transcription(source: str, tokens: int = 1) -> Transcription:
@@ -26,14 +28,14 @@ def transcription(source: str, tokens: int = 1) -> Transcription:
 
 def test_rows_hold_the_fields_of_the_results_file(tmp_path: Path) -> None:
     dataset = tmp_path / "results.parquet"
-    results = results_file_for(dataset)
+    results = parquet.results_file_for(dataset)
     ok, bad = tmp_path / "ok.wav", tmp_path / "bad.wav"
     sink = ManifestSink(results, {ok: "k-ok", bad: "k-bad"})
     sink.write(ok, transcription(str(ok)))
     sink.fail(bad, "not a recognised audio or video format")
     sink.close()
 
-    assert write_parquet(results, dataset) == 2
+    assert parquet.write_parquet(results, dataset) == 2
     rows = {row["path"]: row for row in pq.read_table(dataset).to_pylist()}
     expected = {"key": "k-ok", "path": str(ok), "error": None, **transcription(str(ok)).to_dict()}
     assert rows[str(ok)] == expected
@@ -48,7 +50,7 @@ def test_a_retried_file_appears_once_with_its_latest_record(tmp_path: Path) -> N
         writer.append({"key": "a", "path": "a.wav", "error": "broken"})
         writer.append({"key": "b", "path": "b.wav", **transcription("b.wav").to_dict()})
         writer.append({"key": "a", "path": "a.wav", **transcription("a.wav").to_dict()})  # --retry-failed
-    write_parquet(results, tmp_path / "results.parquet")
+    parquet.write_parquet(results, tmp_path / "results.parquet")
     rows = pq.read_table(tmp_path / "results.parquet").to_pylist()
     summary = [(row["key"], row["error"], row["text"]) for row in rows]
     assert summary == [("b", None, "Hello."), ("a", None, "Hello.")]
@@ -59,6 +61,6 @@ def test_records_longer_than_a_read_block_are_read(tmp_path: Path) -> None:
     long = transcription("long.wav", tokens=40_000)  # a line of a few megabytes: a long recording's tokens
     with ManifestWriter(results) as writer:
         writer.append({"key": "long", "path": "long.wav", **long.to_dict()})
-    write_parquet(results, tmp_path / "results.parquet")
+    parquet.write_parquet(results, tmp_path / "results.parquet")
     (row,) = pq.read_table(tmp_path / "results.parquet").to_pylist()
     assert len(row["segments"][0]["tokens"]) == 40_000

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from sensevoice_serve.ray.serve import SenseVoiceReplica
 from sensevoice_serve.server.service import State
 
-check_health = SenseVoiceReplica.func_or_class.check_health
+from .conftest import RAY_MISSING
+
+serve = pytest.importorskip("sensevoice_serve.ray.serve", reason=RAY_MISSING)
+check_health = serve.SenseVoiceReplica.func_or_class.check_health
 
 
 def test_the_health_check_waits_while_the_model_loads() -> None:

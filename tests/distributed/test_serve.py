@@ -20,9 +20,10 @@ from openai import OpenAI
 
 from ..conftest import shared_audio
 from ..server.conftest import LiveServer, free_port, launch, wait_ready, wait_until
-from .conftest import RayRun
+from .conftest import RAY_MISSING, RayRun
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("ray", reason=RAY_MISSING)
 
 SHORT_RECORDINGS = ("jfk.flac", "zh_sample.wav", "hotwords.mp3", "stereo_diarization.wav")
 RECORDINGS = (*SHORT_RECORDINGS, "multilingual.mp3")
