@@ -221,8 +221,8 @@ def simulate(model_dir: str, audio: np.ndarray, ready, go) -> StreamRecord:
 
     from sensevoice_serve.batching import Utterance
     from sensevoice_serve.pipeline import SenseVoice
+    from sensevoice_serve.realtime.buffer import AudioBuffer
     from sensevoice_serve.realtime.protocol import ServerVad
-    from sensevoice_serve.realtime.session import AudioBuffer
     from sensevoice_serve.realtime.turns import SpeechStarted, TurnDetector, WindowProbabilities
     from sensevoice_serve.silero import load_model
 

@@ -361,3 +361,17 @@ def test_switching_turn_detection_starts_the_buffer_afresh() -> None:
     client = run(test)
     [(samples, offset)] = client.transcriber.finals
     assert len(samples) == RATE // 2 and offset == 1.0 and client.errors() == []
+
+
+def test_the_audio_buffer_holds_what_was_not_released_at_its_session_positions() -> None:
+    from sensevoice_serve.realtime.buffer import AudioBuffer
+
+    buffer = AudioBuffer()
+    signal = np.arange(3 * RATE, dtype=np.float32)
+    for start in range(0, len(signal), 1000):
+        buffer.append(signal[start : start + 1000])
+        buffer.release_before(start - RATE // 2)  # keep half a second behind
+    assert (buffer.start, buffer.end) == (len(signal) - 1000 - RATE // 2, len(signal))
+    assert np.array_equal(buffer.copy(buffer.start, buffer.end), signal[buffer.start :])
+    with pytest.raises(ValueError, match="not all held"):
+        buffer.copy(buffer.start - 1, buffer.end)
