@@ -59,7 +59,7 @@ def run_serve(settings: Settings) -> int:
             serve.run(application(settings, plan), name=APP_NAME, route_prefix="/")
         except RuntimeError as error:
             logger.error("the application could not start: %s", error)
-            _remove(serve, cluster)
+            _remove(cluster)
             return EXIT_LOAD_FAILED
         logger.info(
             "ready on http://%s:%d: %d replica(s), each %g CPU(s) and %d GPU(s)",
@@ -67,12 +67,14 @@ def run_serve(settings: Settings) -> int:
         )  # fmt: skip
         while not stop.wait(1.0):
             pass
-        _remove(serve, cluster)
+        _remove(cluster)
     return EXIT_OK
 
 
-def _remove(serve, cluster: Cluster) -> None:  # noqa: ANN001 - ray.serve, imported late
+def _remove(cluster: Cluster) -> None:
     """Drain and remove the application; Serve itself too when the cluster is ours."""
+    from ray import serve
+
     from .serve import APP_NAME
 
     if cluster.local:
