@@ -55,10 +55,6 @@ def rows_per_call(max_batch_frames: int) -> int:
     return max(MIN_ROWS_PER_CALL, max_batch_frames // SHORT_FILE_FRAMES)
 
 
-def decode_options(settings: Settings) -> DecodeOptions:
-    return DecodeOptions(settings.language, settings.use_itn, settings.ban_emo_unk)
-
-
 def segmentation_options(settings: Settings) -> SegmentationOptions:
     return SegmentationOptions(settings.vad, settings.max_segment_seconds, settings.split_channels)
 
@@ -105,7 +101,7 @@ class Transcriber:
         self.engine = SenseVoice.from_pretrained(model_dir, device=tuned.device, dtype=tuned.dtype)
         self.max_batch_frames = tuned.max_batch_frames
         self.batch_size = engine.batch_size
-        self.options = decode_options(engine)
+        self.options = engine.decode_options()  # the CLI's: language, ITN, beam and hotwords
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         files = [i for i, error in enumerate(batch["error"]) if not error]
