@@ -153,6 +153,7 @@ def summarize(outcomes: list[Outcome], wall_seconds: float) -> dict:
     admitted = [outcome.seconds for outcome in outcomes if outcome.status == 200]
     statuses = Counter("no answer" if outcome.status is None else str(outcome.status) for outcome in outcomes)
     refusals = [outcome for outcome in outcomes if outcome.status == 503]
+    refused = [outcome.seconds for outcome in refusals]
     return {
         "requests": len(outcomes),
         "statuses": dict(statuses),
@@ -162,5 +163,8 @@ def summarize(outcomes: list[Outcome], wall_seconds: float) -> dict:
         "p99_seconds": percentile(admitted, 0.99) if admitted else None,
         "max_seconds": max(admitted, default=None),
         "p99_seconds_by_request": _p99_by_label(outcomes),
+        # A 503 is decided once the upload is in: its latency is what receiving an upload costs meanwhile.
+        "refused_p50_seconds": percentile(refused, 0.5) if refused else None,
+        "refused_p99_seconds": percentile(refused, 0.99) if refused else None,
         "errors": sorted({outcome.error for outcome in outcomes if outcome.status not in (200, 503)})[:5],
     }

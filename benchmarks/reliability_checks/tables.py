@@ -69,11 +69,15 @@ def overload(figures: dict) -> Rows:
         ("statuses", str(figures["statuses"])),
         ("200s per second while overloaded", f"{figures['ok_per_second']:.1f}/s"),
         ("503 without Retry-After", str(figures["503_without_retry_after"])),
+        (
+            "503 answer p50 / p99",
+            f"{_s(figures['refused_p50_seconds'])} / {_s(figures['refused_p99_seconds'])}",
+        ),
         ("admitted p50 / p99 / max", _latency(figures)),
         (
             "p99 bound",
             f"{_s(figures['p99_bound_seconds'])} "
-            f"(max_queue {figures['max_queue']} / 200s per second + p99 at capacity)",
+            f"(2 x max_queue {figures['max_queue']} / 200s per second + p99 at capacity)",
         ),
         ("RSS before / end / settled", " / ".join(_mb(rss[k]) for k in ("before", "end", "settled"))),
     ]
