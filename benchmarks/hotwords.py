@@ -41,8 +41,8 @@ from sensevoice_serve.bench.material import (
     speech_material,
 )
 from sensevoice_serve.decoding import DecodeOptions
-from sensevoice_serve.model import NUM_QUERY_FRAMES
 from sensevoice_serve.pipeline import SenseVoice
+from sensevoice_serve.queries import NUM_QUERY_FRAMES
 from sensevoice_serve.tokenizer import Tokenizer
 
 BATCH, CLIP_SECONDS = 16, 10.0

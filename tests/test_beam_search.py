@@ -15,7 +15,7 @@ from sensevoice_serve.batching import Utterance
 from sensevoice_serve.beam_search import FrameCandidates, prefix_beam_search
 from sensevoice_serve.decoding import DecodeOptions, collapse
 from sensevoice_serve.hotwords import compile_hotwords, parse_hotwords
-from sensevoice_serve.model import NUM_QUERY_FRAMES
+from sensevoice_serve.queries import NUM_QUERY_FRAMES
 
 from .conftest import SHARED_AUDIO
 from .test_hotwords import LetterTokenizer

@@ -11,7 +11,7 @@ import torch
 
 from sensevoice_serve.audio import SAMPLE_RATE, decode_audio
 from sensevoice_serve.decoding import collapse, ctc_argmax, frame_time
-from sensevoice_serve.model import language_row, textnorm_row
+from sensevoice_serve.queries import language_row, textnorm_row
 
 from .conftest import shared_audio
 

@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +22,12 @@ from .hotwords import (
     parse_hotwords,
     stack_graphs,
 )
-from .model import LANGUAGE_QUERY, NUM_QUERY_FRAMES, CTCHead
+from .queries import LANGUAGE_QUERY, NUM_QUERY_FRAMES
 from .results import Segment, Token
 from .tokenizer import UNKNOWN_EMOTION, Tokenizer
+
+if TYPE_CHECKING:
+    from .model import CTCHead
 
 FRAME_SECONDS = 0.06  # one LFR frame: 6 fbank frames of 10 ms
 BLANK_ID = 0

@@ -94,7 +94,7 @@ class ExportedModel:
 
 def sherpa_metadata(tokenizer: Tokenizer, cmvn_path: Path, lfr_m: int, lfr_n: int, random: bool) -> dict:
     from .features import load_cmvn
-    from .model import language_row, textnorm_row
+    from .queries import language_row, textnorm_row
 
     shift, scale = load_cmvn(cmvn_path)
     return {
@@ -170,7 +170,7 @@ def example_batch(feature_dim: int) -> tuple:
     and time dynamic."""
     import torch
 
-    from .model import language_row, textnorm_row
+    from .queries import language_row, textnorm_row
 
     return (
         torch.randn(2, 100, feature_dim),

@@ -18,7 +18,7 @@ import torch
 
 from ..audio import SAMPLE_RATE, decode_audio
 from ..decoding import collapse
-from ..model import language_row, textnorm_row
+from ..queries import language_row, textnorm_row
 
 Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # features (1, T, 560), lengths -> (T + 4, V)
 PIECE_SECONDS = 30.0  # recordings are cut into pieces the model sees whole, as the VAD would

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
-from ..model import NUM_QUERY_FRAMES, language_row, textnorm_row
+from ..queries import NUM_QUERY_FRAMES, language_row, textnorm_row
 from .int8_build import CTC, CTC_INPUT, CTC_OUTPUT, ENCODER, ENCODER_OUTPUT, GRAPH_FILES
 from .int8_cache import discard, ensure_int8_model
 
