@@ -1,9 +1,11 @@
-"""The result parser on token sequences built from the tokenizer (random weights rarely emit tags)."""
+"""The result parser on token sequences built from the tokenizer (random weights rarely emit tags), on
+torch tensors (the torch runtime) and on numpy arrays (the int8 runtime)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,14 +51,45 @@ def scripted_batch(
     return head, encoded, torch.tensor([len(p) for p in paths])
 
 
-def test_collapse_removes_blanks_and_repeats() -> None:
-    spikes = collapse(torch.tensor([0, 5, 5, 0, 5, 7, 7, 7, 0]))
+class NumpyHead:
+    """A CTC head on numpy arrays, as the int8 runtime's: float32 (N, d) frames to float32 logits."""
+
+    def __init__(self, head: CTCHead):
+        self.weight = head.ctc_lo.weight.detach().numpy().copy()
+        self.bias = head.ctc_lo.bias.detach().numpy().copy()
+
+    def logits(self, frames: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        weight, bias = (self.weight, self.bias) if rows is None else (self.weight[rows], self.bias[rows])
+        return frames @ weight.T + bias
+
+
+Batch = tuple[CTCHead | NumpyHead, torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]
+
+
+def on_runtime(runtime: str, head: CTCHead, encoded: torch.Tensor, lengths: torch.Tensor) -> Batch:
+    """The batch as the torch runtime hands it to the decoder, or as the int8 runtime does."""
+    if runtime == "torch":
+        return head, encoded, lengths
+    return NumpyHead(head), encoded.numpy(), lengths.numpy()
+
+
+@pytest.fixture(params=["torch", "int8"])
+def runtime(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "path", [torch.tensor([0, 5, 5, 0, 5, 7, 7, 7, 0]), np.array([0, 5, 5, 0, 5, 7, 7, 7, 0])]
+)
+def test_collapse_removes_blanks_and_repeats(path: torch.Tensor | np.ndarray) -> None:
+    spikes = collapse(path)
     assert [(s.token_id, s.first_frame, s.last_frame) for s in spikes] == [(5, 1, 2), (5, 4, 4), (7, 5, 7)]
+    assert collapse(path[:0]) == []
 
 
 @pytest.mark.parametrize("language", LANGUAGE_TAGS)
 @pytest.mark.parametrize("use_itn", [True, False])
-def test_every_language_and_itn(tokenizer: Tokenizer, language: str, use_itn: bool) -> None:
+def test_every_language_and_itn(tokenizer: Tokenizer, language: str, use_itn: bool, runtime: str) -> None:
     itn = "withitn" if use_itn else "woitn"
     word = [tokenizer._sp.PieceToId("\u2581ab"), tokenizer._sp.PieceToId("\u2581cd")]
     path = [
@@ -69,7 +102,7 @@ def test_every_language_and_itn(tokenizer: Tokenizer, language: str, use_itn: bo
         (word[1], 9.0),
         (word[1], 9.0),
     ]
-    head, encoded, lengths = scripted_batch([path], tokenizer.vocab_size)
+    head, encoded, lengths = on_runtime(runtime, *scripted_batch([path], tokenizer.vocab_size))
     segment = CTCDecoder(head, tokenizer).decode(encoded, lengths, [DecodeOptions()], [10.0], [2.0])[0]
     assert segment.language == language
     assert segment.itn is use_itn
@@ -83,10 +116,10 @@ def test_every_language_and_itn(tokenizer: Tokenizer, language: str, use_itn: bo
 
 
 @pytest.mark.parametrize("emotion", EMOTION_TAGS)
-def test_every_emotion_with_its_probability(tokenizer: Tokenizer, emotion: str) -> None:
+def test_every_emotion_with_its_probability(tokenizer: Tokenizer, emotion: str, runtime: str) -> None:
     others = [(tokenizer.emotions[e], 1.0) for e in EMOTION_TAGS if e != emotion]
     path = [(tokenizer.languages["en"], 9.0), [(tokenizer.emotions[emotion], 4.0), *others]]
-    head, encoded, lengths = scripted_batch([path], tokenizer.vocab_size)
+    head, encoded, lengths = on_runtime(runtime, *scripted_batch([path], tokenizer.vocab_size))
     segment = CTCDecoder(head, tokenizer).decode(encoded, lengths, [DecodeOptions()], [0.0], [1.0])[0]
     assert segment.emotion == emotion
     expected = math.exp(4.0) / (math.exp(4.0) + 7 * math.exp(1.0))
@@ -94,22 +127,23 @@ def test_every_emotion_with_its_probability(tokenizer: Tokenizer, emotion: str) 
 
 
 @pytest.mark.parametrize("event", EVENT_TAGS)
-def test_every_event(tokenizer: Tokenizer, event: str) -> None:
+def test_every_event(tokenizer: Tokenizer, event: str, runtime: str) -> None:
     path = [(tokenizer.languages["zh"], 9.0), (tokenizer.events[event], 9.0)]
-    head, encoded, lengths = scripted_batch([path], tokenizer.vocab_size)
+    head, encoded, lengths = on_runtime(runtime, *scripted_batch([path], tokenizer.vocab_size))
     segment = CTCDecoder(head, tokenizer).decode(encoded, lengths, [DecodeOptions()], [0.0], [1.0])[0]
     assert segment.event == event
     assert segment.emotion is None and segment.emotion_prob is None
     assert segment.tokens == [] and segment.text == ""
 
 
-def test_ban_emo_unk_applies_per_utterance_and_to_the_probability(tokenizer: Tokenizer) -> None:
+def test_ban_emo_unk_applies_per_utterance_and_to_the_probability(tokenizer: Tokenizer, runtime: str) -> None:
     unknown, happy = tokenizer.emotions["EMO_UNKNOWN"], tokenizer.emotions["HAPPY"]
     path = [(tokenizer.languages["en"], 9.0), [(unknown, 6.0), (happy, 5.0)]]
     head, encoded, lengths = scripted_batch([path, path], tokenizer.vocab_size)
     # Both utterances share weights: the slot trick needs the same script for both.
     with torch.no_grad():
         head.ctc_lo.weight[:, 2:4] = head.ctc_lo.weight[:, 0:2]
+    head, encoded, lengths = on_runtime(runtime, head, encoded, lengths)
     options = [DecodeOptions(ban_emo_unk=False), DecodeOptions(ban_emo_unk=True)]
     kept, banned = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
     assert kept.emotion == "EMO_UNKNOWN"
@@ -117,12 +151,13 @@ def test_ban_emo_unk_applies_per_utterance_and_to_the_probability(tokenizer: Tok
     assert banned.emotion_prob == pytest.approx(math.exp(5.0) / (math.exp(5.0) + 6), abs=1e-4)
 
 
-def test_padding_frames_are_never_decoded(tokenizer: Tokenizer) -> None:
+def test_padding_frames_are_never_decoded(tokenizer: Tokenizer, runtime: str) -> None:
     word = tokenizer._sp.PieceToId("\u2581ab")
     short = [(tokenizer.languages["en"], 9.0)]
     long = [(tokenizer.languages["en"], 9.0), (0, 9.0), (0, 9.0), (0, 9.0), (word, 9.0)]
     head, encoded, lengths = scripted_batch([short, long], tokenizer.vocab_size)
     encoded[0, 1:] = encoded[1, 4]  # padding that would decode as a word if it were read
+    head, encoded, lengths = on_runtime(runtime, head, encoded, lengths)
     first, second = CTCDecoder(head, tokenizer).decode(
         encoded, lengths, [DecodeOptions()] * 2, [0, 0], [1, 1]
     )
@@ -135,12 +170,16 @@ def test_unknown_language_is_a_clear_error() -> None:
         DecodeOptions(language="fr")
 
 
-def test_hotwords_find_the_second_best_path_and_keep_tags_and_times(tokenizer: Tokenizer) -> None:
+def test_hotwords_find_the_second_best_path_and_keep_tags_and_times(
+    tokenizer: Tokenizer, runtime: str
+) -> None:
     a, b, x, y = (tokenizer._sp.PieceToId(piece) for piece in "abxy")
     tags = [tokenizer.languages["en"], tokenizer.emotions["HAPPY"], tokenizer.events["Speech"]]
     query_frames = [(tag, 20.0) for tag in (*tags, tokenizer.textnorms["withitn"])]
     text_frames = [[(x, 12.0), (a, 11.6)], (0, 16.0), [(y, 12.0), (b, 11.6)], (0, 16.0)]
-    head, encoded, lengths = scripted_batch([query_frames + text_frames], tokenizer.vocab_size)
+    head, encoded, lengths = on_runtime(
+        runtime, *scripted_batch([query_frames + text_frames], tokenizer.vocab_size)
+    )
     decoder = CTCDecoder(head, tokenizer)
 
     def decode(options: DecodeOptions):
@@ -166,13 +205,13 @@ def test_prepare_reports_hotwords_the_model_cannot_write(tokenizer: Tokenizer) -
 
 
 def test_beam_search_reads_the_same_scores_whatever_the_chunking(
-    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, runtime: str
 ) -> None:
     a, b, x = (tokenizer._sp.PieceToId(piece) for piece in "abx")
     query = [(tokenizer.languages["en"], 20.0)] * 4
     first = query + [[(x, 12.0), (a, 11.6)], (0, 16.0), [(b, 12.0), (x, 11.0)], (a, 9.0)]
     second = query + [(0, 16.0), [(a, 12.0), (b, 11.9)], (b, 12.0)]
-    head, encoded, lengths = scripted_batch([first, second], tokenizer.vocab_size)
+    head, encoded, lengths = on_runtime(runtime, *scripted_batch([first, second], tokenizer.vocab_size))
     options = [DecodeOptions(beam_size=3, hotwords=["ab"]), DecodeOptions(beam_size=2)]
     whole = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
     monkeypatch.setattr(decoding, "LOGIT_ROWS_PER_CHUNK", 5)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from .beam_search import FrameCandidates, Hypothesis, prefix_beam_search
 from .errors import InvalidOption
@@ -27,7 +27,7 @@ from .results import Segment, Token
 from .tokenizer import UNKNOWN_EMOTION, Tokenizer
 
 if TYPE_CHECKING:
-    from .model import CTCHead
+    import torch
 
 FRAME_SECONDS = 0.06  # one LFR frame: 6 fbank frames of 10 ms
 BLANK_ID = 0
@@ -66,6 +66,15 @@ class DecodeOptions:
             raise InvalidOption("hotwords need beam search: set beam_size to 2 or more (4 is a good start)")
 
 
+class CTCLogits(Protocol):
+    """A CTC head: ``model.CTCHead`` on torch tensors, the int8 runtime's on numpy arrays.
+
+    ``logits`` takes (N, d) frames and gives float32 (N, vocab) logits, or (N, len(rows)) for those rows.
+    """
+
+    def logits(self, encoded: Any, rows: Any = None) -> Any: ...
+
+
 @dataclass
 class Spike:
     """A run of identical non-blank CTC outputs: one emitted token."""
@@ -85,51 +94,132 @@ class BatchScores:
     candidates: list[FrameCandidates | None]  # text frames' top-k, for beam-searched utterances
 
 
+class NumpyScorer:
+    """Scoring on numpy arrays: the int8 runtime's frames and logits, on the CPU."""
+
+    def mode(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def array(self, values: np.ndarray) -> np.ndarray:
+        return values
+
+    def argmax(self, logits: np.ndarray) -> np.ndarray:
+        return logits.argmax(axis=1)
+
+    def top_k(self, logits: np.ndarray, k: int) -> np.ndarray:
+        """Rows of (log-normaliser, blank logit, top-k logits, their ids). Overwrites ``logits``, a copy."""
+        ids = np.argpartition(logits, -k, axis=1)[:, -k:]
+        order = np.argsort(-np.take_along_axis(logits, ids, axis=1), axis=1)
+        ids = np.take_along_axis(ids, order, axis=1)
+        values = np.take_along_axis(logits, ids, axis=1)
+        blank = logits[:, BLANK_ID].copy()
+        peak = values[:, :1]
+        np.subtract(logits, peak, out=logits)
+        np.exp(logits, out=logits)
+        log_norm = peak[:, 0] + np.log(logits.sum(axis=1))
+        return np.column_stack([log_norm, blank, values, ids])
+
+    def host(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts)
+
+
+class TorchScorer:
+    """Scoring on torch tensors where they are (a GPU's): only argmaxes and top-k reach the host."""
+
+    def __init__(self, device: torch.device):
+        import torch
+
+        self.torch = torch
+        self.device = device
+
+    def mode(self) -> AbstractContextManager[None]:
+        return self.torch.inference_mode()
+
+    def array(self, values: np.ndarray) -> torch.Tensor:
+        return self.torch.from_numpy(values).to(self.device)
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=1)
+
+    def top_k(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """Rows of (log-normaliser, blank logit, top-k logits, their ids), as ``NumpyScorer.top_k``."""
+        values, ids = logits.topk(k, dim=1)
+        log_norm = self.torch.logsumexp(logits, dim=1)
+        return self.torch.cat([log_norm[:, None], logits[:, BLANK_ID, None], values, ids.float()], dim=1)
+
+    def host(self, parts: list[torch.Tensor]) -> np.ndarray:
+        return self.torch.cat(parts).cpu().numpy()
+
+
+Scorer = NumpyScorer | TorchScorer
+
+
+def scorer_for(encoded: np.ndarray | torch.Tensor) -> Scorer:
+    """The int8 runtime hands numpy arrays over, the torch runtime tensors."""
+    return NumpyScorer() if isinstance(encoded, np.ndarray) else TorchScorer(encoded.device)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Which frames of a padded batch are scored and how, worked out once on the host for either runtime.
+
+    Rows number the valid frames in order: utterance by utterance, padding left out.
+    """
+
+    lengths: np.ndarray  # (B,) valid frames per utterance
+    valid: np.ndarray  # (B, T) whether a padded frame is an utterance's
+    banned_rows: np.ndarray  # rows with a token they may not emit (ban_emo_unk)
+    banned_ids: np.ndarray  # and that token
+    searched_rows: np.ndarray  # rows whose top-k beam search reads: beam-searched utterances' text frames
+    searched_counts: np.ndarray  # (B,) searched rows per utterance
+
+    @classmethod
+    def of(
+        cls, lengths: np.ndarray, padded_frames: int, banned: Sequence[int | None], top_k: Sequence[int]
+    ) -> FramePlan:
+        valid = np.arange(padded_frames)[None, :] < lengths[:, None]
+        utterance = np.repeat(np.arange(len(lengths)), lengths)
+        banned_ids = np.array([-1 if b is None else b for b in banned], dtype=np.int64)[utterance]
+        banned_rows = np.flatnonzero(banned_ids >= 0)
+        is_text = np.nonzero(valid)[1] >= NUM_QUERY_FRAMES
+        searched_rows = np.flatnonzero((np.array(top_k, dtype=np.int64)[utterance] > 0) & is_text)
+        return cls(
+            lengths,
+            valid,
+            banned_rows,
+            banned_ids[banned_rows],
+            searched_rows,
+            np.bincount(utterance[searched_rows], minlength=len(lengths)),
+        )
+
+
 def score_frames(
-    ctc: CTCHead,
-    encoded: torch.Tensor,
-    lengths: torch.Tensor,
+    ctc: CTCLogits,
+    encoded: np.ndarray | torch.Tensor,
+    lengths: np.ndarray | torch.Tensor,
     banned: Sequence[int | None],
     top_k: Sequence[int],
-) -> tuple[list[torch.Tensor], list[FrameCandidates | None]]:
+) -> tuple[list[np.ndarray], list[FrameCandidates | None]]:
     """Best token per valid frame of each utterance (padding frames are never scored) and, where
     ``top_k[i]`` > 0, the blank and top-k log-probabilities of utterance i's text frames.
 
     ``banned[i]`` is a token id utterance i may not emit (ban_emo_unk), or None.
     """
-    lengths_list, device = lengths.tolist(), encoded.device
-    positions = torch.arange(encoded.shape[1], device=device)[None, :].expand(len(lengths_list), -1)
-    valid = positions < lengths.to(device)[:, None]
-    frames = encoded[valid]
-
-    def per_frame(values: list[int]) -> torch.Tensor:
-        return torch.repeat_interleave(torch.tensor(values, device=device), lengths.to(device))
-
-    banned_per_frame = per_frame([-1 if b is None else b for b in banned])
-    searched = (per_frame(list(top_k)) > 0) & (positions[valid] >= NUM_QUERY_FRAMES)
+    plan = FramePlan.of(np.array(lengths.tolist(), dtype=np.int64), encoded.shape[1], banned, top_k)
     k = max(top_k, default=0)
-    best, searched_scores = [], []
-    for start in range(0, frames.shape[0], LOGIT_ROWS_PER_CHUNK):
-        chunk = slice(start, start + LOGIT_ROWS_PER_CHUNK)
-        logits = ctc.logits(frames[chunk])
-        ban = banned_per_frame[chunk]
-        rows = torch.nonzero(ban >= 0).squeeze(1)
-        logits[rows, ban[rows]] = float("-inf")
-        best.append(logits.argmax(dim=-1))
-        if k:
-            searched_scores += top_k_log_probs(logits, searched[chunk], k)
-    best_paths = list(torch.cat(best).cpu().split(lengths_list))
-    if not k:
-        return best_paths, [None] * len(lengths_list)
-    counts = [max(n - NUM_QUERY_FRAMES, 0) if kk else 0 for n, kk in zip(lengths_list, top_k, strict=True)]
-    scores = (
-        torch.cat(searched_scores).cpu().double().numpy() if searched_scores else np.zeros((0, 1 + 2 * k))
-    )
+    scorer = scorer_for(encoded)
+    with scorer.mode():
+        best, scores = score_rows(ctc, scorer, encoded[scorer.array(plan.valid)], plan, k)
+    best_paths = np.split(best, np.cumsum(plan.lengths)[:-1])
     candidates: list[FrameCandidates | None] = []
-    for rows, kk in zip(np.split(scores, np.cumsum(counts)[:-1]), top_k, strict=True):
+    for rows, kk in zip(np.split(scores, np.cumsum(plan.searched_counts)[:-1]), top_k, strict=True):
+        log_norm = rows[:, :1]
         candidates.append(
             FrameCandidates(
-                NUM_QUERY_FRAMES, rows[:, 0], rows[:, 1 + k :].astype(np.int64), rows[:, 1 : 1 + k]
+                NUM_QUERY_FRAMES,
+                rows[:, 1] - rows[:, 0],
+                rows[:, 2 + k :].astype(np.int64),
+                rows[:, 2 : 2 + k] - log_norm,
             )
             if kk
             else None
@@ -137,35 +227,61 @@ def score_frames(
     return best_paths, candidates
 
 
-def top_k_log_probs(logits: torch.Tensor, rows: torch.Tensor, k: int) -> list[torch.Tensor]:
-    """(blank, k log-probabilities, their ids) of the ``rows`` of ``logits``, a few rows at a time: the
-    normalised copy of a whole chunk of logits would double decoding's peak memory."""
-    scores = []
-    for start in range(0, logits.shape[0], SEARCHED_ROWS_PER_CHUNK):
-        part = slice(start, start + SEARCHED_ROWS_PER_CHUNK)
-        if rows[part].any():
-            log_probs = torch.log_softmax(logits[part][rows[part]], dim=-1)
-            values, ids = log_probs.topk(k, dim=-1)
-            scores.append(torch.cat([log_probs[:, BLANK_ID, None], values, ids.double()], dim=1))
-    return scores
+def score_rows(
+    ctc: CTCLogits, scorer: Scorer, frames: Any, plan: FramePlan, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The argmax of every row of ``frames`` and the (log-normaliser, blank, top-k, ids) of the searched
+    ones, a chunk of logits at a time; searched rows are normalised a few at a time: the normalised copy of
+    a whole chunk would double decoding's peak memory."""
+    banned_rows, banned_ids, searched_rows = (
+        scorer.array(rows) for rows in (plan.banned_rows, plan.banned_ids, plan.searched_rows)
+    )
+    best, scores = [], []
+    for start in range(0, frames.shape[0], LOGIT_ROWS_PER_CHUNK):
+        stop = min(start + LOGIT_ROWS_PER_CHUNK, frames.shape[0])
+        logits = ctc.logits(frames[start:stop])
+        first, last = (int(i) for i in np.searchsorted(plan.banned_rows, [start, stop]))
+        if last > first:
+            logits[banned_rows[first:last] - start, banned_ids[first:last]] = float("-inf")
+        best.append(scorer.argmax(logits))
+        first, last = (int(i) for i in np.searchsorted(plan.searched_rows, [start, stop]))
+        for part in range(first, last, SEARCHED_ROWS_PER_CHUNK):
+            rows = searched_rows[part : min(part + SEARCHED_ROWS_PER_CHUNK, last)] - start
+            scores.append(scorer.top_k(logits[rows], k))
+    return (
+        scorer.host(best).astype(np.int64) if best else np.zeros(0, np.int64),
+        scorer.host(scores).astype(np.float64) if scores else np.zeros((0, 2 + 2 * k)),
+    )
 
 
 def ctc_argmax(
-    ctc: CTCHead, encoded: torch.Tensor, lengths: torch.Tensor, banned: Sequence[int | None]
-) -> list[torch.Tensor]:
+    ctc: CTCLogits,
+    encoded: np.ndarray | torch.Tensor,
+    lengths: np.ndarray | torch.Tensor,
+    banned: Sequence[int | None],
+) -> list[np.ndarray]:
     """Best token per valid frame of each utterance: greedy decoding's path."""
     return score_frames(ctc, encoded, lengths, banned, [0] * len(banned))[0]
 
 
-def collapse(best: torch.Tensor) -> list[Spike]:
-    tokens, counts = torch.unique_consecutive(best, return_counts=True)
-    ends = torch.cumsum(counts, 0)
-    starts = ends - counts
+def collapse(best: np.ndarray) -> list[Spike]:
+    """The spikes of a best path on the host (a CPU tensor will do)."""
+    best = np.asarray(best)
+    if not best.size:
+        return []
+    starts = np.flatnonzero(np.concatenate(([True], best[1:] != best[:-1])))
+    ends = np.append(starts[1:], best.size) - 1
     return [
-        Spike(token, start, end - 1)
-        for token, start, end in zip(tokens.tolist(), starts.tolist(), ends.tolist(), strict=True)
+        Spike(token, start, end)
+        for token, start, end in zip(best[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
         if token != BLANK_ID
     ]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def frame_time(frame: int) -> float:
@@ -176,12 +292,12 @@ def frame_time(frame: int) -> float:
 class CTCDecoder:
     """Turns encoder output into Segments: tokens, text, and the language / emotion / event tags."""
 
-    def __init__(self, ctc: CTCHead, tokenizer: Tokenizer):
+    def __init__(self, ctc: CTCLogits, tokenizer: Tokenizer):
         self.ctc = ctc
         self.tokenizer = tokenizer
         self.unknown_emotion_id = tokenizer.emotions.get(UNKNOWN_EMOTION)
-        self.emotion_names = list(tokenizer.emotions)
-        self.emotion_rows = torch.tensor(list(tokenizer.emotions.values()), dtype=torch.long)
+        self.emotion_rows = np.array(list(tokenizer.emotions.values()), dtype=np.int64)
+        self.emotion_column = {token_id: column for column, token_id in enumerate(self.emotion_rows.tolist())}
         self._graphs: OrderedDict[tuple[Hotword, ...], ContextGraph] = OrderedDict()
         self._graphs_lock = threading.Lock()
 
@@ -192,39 +308,36 @@ class CTCDecoder:
 
     def decode(
         self,
-        encoded: torch.Tensor,
-        lengths: torch.Tensor,
+        encoded: np.ndarray | torch.Tensor,
+        lengths: np.ndarray | torch.Tensor,
         options: Sequence[DecodeOptions],
         offsets: Sequence[float],
         durations: Sequence[float],
     ) -> list[Segment]:
         return self.finish(self.score(encoded, lengths, options), options, offsets, durations)
 
-    @torch.inference_mode()
     def score(
-        self, encoded: torch.Tensor, lengths: torch.Tensor, options: Sequence[DecodeOptions]
+        self,
+        encoded: np.ndarray | torch.Tensor,
+        lengths: np.ndarray | torch.Tensor,
+        options: Sequence[DecodeOptions],
     ) -> BatchScores:
-        """The device's part of decoding: CTC scores of every frame, reduced to what ``finish`` needs."""
+        """The device's part of decoding: CTC scores of every frame, reduced to what ``finish`` needs.
+
+        ``encoded`` is (B, T, d) and ``lengths`` (B,): torch tensors (on any device) or numpy arrays, as
+        the head takes them.
+        """
         banned = [self.unknown_emotion_id if o.ban_emo_unk else None for o in options]
         top_k = [0 if o.beam_size == 1 else o.beam_size for o in options]
         best_paths, candidates = score_frames(self.ctc, encoded, lengths, banned, top_k)
-        scores = BatchScores([], [], candidates)
-        for index, best in enumerate(best_paths):
-            spikes = collapse(best if top_k[index] == 0 else best[:NUM_QUERY_FRAMES])
-            emotion_spike = next(
-                (s for s in spikes if self.tokenizer.tag_name(s.token_id) in self.emotion_names), None
-            )
-            scores.spikes.append(spikes)
-            scores.emotion_probs.append(
-                None
-                if emotion_spike is None
-                else self._emotion_probability(
-                    encoded[index, emotion_spike.first_frame],
-                    self.tokenizer.tag_name(emotion_spike.token_id),
-                    options[index].ban_emo_unk,
-                )
-            )
-        return scores
+        spikes = [
+            collapse(best if k == 0 else best[:NUM_QUERY_FRAMES])
+            for best, k in zip(best_paths, top_k, strict=True)
+        ]
+        emotion_spikes = [
+            next((s for s in found if s.token_id in self.emotion_column), None) for found in spikes
+        ]
+        return BatchScores(spikes, self._emotion_probabilities(encoded, emotion_spikes, options), candidates)
 
     def finish(
         self,
@@ -324,8 +437,29 @@ class CTCDecoder:
             tokens=tokens,
         )
 
-    def _emotion_probability(self, frame: torch.Tensor, emotion: str, ban_unknown: bool) -> float:
-        logits = self.ctc.logits(frame[None], self.emotion_rows.to(frame.device))[0]
-        if ban_unknown and UNKNOWN_EMOTION in self.emotion_names:
-            logits[self.emotion_names.index(UNKNOWN_EMOTION)] = float("-inf")
-        return round(float(torch.softmax(logits, dim=-1)[self.emotion_names.index(emotion)]), 4)
+    def _emotion_probabilities(
+        self,
+        encoded: np.ndarray | torch.Tensor,
+        spikes: list[Spike | None],
+        options: Sequence[DecodeOptions],
+    ) -> list[float | None]:
+        """Each utterance's probability of the emotion its spike emits, among the emotions, at the spike's
+        first frame (None without an emotion spike): one small logits call for the batch."""
+        found = [index for index, spike in enumerate(spikes) if spike is not None]
+        probabilities: list[float | None] = [None] * len(spikes)
+        if not found:
+            return probabilities
+        scorer = scorer_for(encoded)
+        with scorer.mode():
+            first_frames = np.array([spikes[i].first_frame for i in found])
+            frames = encoded[scorer.array(np.array(found)), scorer.array(first_frames)]
+            logits = scorer.host([self.ctc.logits(frames, scorer.array(self.emotion_rows))]).astype(
+                np.float64
+            )
+        unknown = self.emotion_column.get(self.unknown_emotion_id)
+        if unknown is not None:
+            logits[[options[i].ban_emo_unk for i in found], unknown] = float("-inf")
+        probs = softmax(logits)
+        for row, index in enumerate(found):
+            probabilities[index] = round(float(probs[row, self.emotion_column[spikes[index].token_id]]), 4)
+        return probabilities
