@@ -66,11 +66,11 @@ def test_gpu_whose_allocation_raises_fails(monkeypatch: pytest.MonkeyPatch) -> N
     from sensevoice_serve import device
 
     Properties = namedtuple("Properties", "name major minor")
-    monkeypatch.setattr(device, "cuda_devices", lambda: [torch.device("cuda", 0)])
+    monkeypatch.setattr(device, "cuda_devices", lambda: ["cuda:0"])
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Properties("Fake L4", 8, 9))
 
-    def broken_probe(target: torch.device) -> None:
-        if target.type == "cuda":
+    def broken_probe(target: str) -> None:
+        if target.startswith("cuda"):
             raise RuntimeError("CUDA error: out of memory")
 
     monkeypatch.setattr(device, "probe_device", broken_probe)

@@ -98,8 +98,8 @@ def test_from_pretrained_reports_bad_model_dir(tmp_path: Path) -> None:
 
 def test_auto_device_and_dtype_on_this_machine(tiny_model_dir: Path) -> None:
     engine = SenseVoice.from_pretrained(tiny_model_dir)
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert engine.device.type == expected
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert engine.device == expected
     assert engine.random_weights
 
 

@@ -33,6 +33,16 @@ def test_cpu_rules() -> None:
     assert big.decode_workers == 4 and big.torch_threads == 12  # decoders keep their own cores
 
 
+def test_cpu_rules_pick_int8_where_it_is_faster(no_profile: Path) -> None:
+    vnni_laptop = MachineInfo(cpu_count=2, int8_faster=True)
+    assert auto_settings(vnni_laptop).dtype == "int8"
+    assert resolve_tuned_settings({}, vnni_laptop).dtype == "int8"  # what serve and transcribe run
+    assert resolve_tuned_settings({"dtype": "fp32"}, vnni_laptop).dtype == "fp32"
+    h100 = MachineInfo(cpu_count=16, gpus=H100.gpus, int8_faster=True)
+    assert auto_settings(h100).dtype == "bf16"  # the GPU, whatever the CPU
+    assert auto_settings(h100, device="cpu").dtype == "int8"
+
+
 def test_gpu_rules() -> None:
     h100 = auto_settings(H100)
     assert (h100.device, h100.dtype) == ("cuda:0", "bf16")
@@ -109,8 +119,8 @@ def test_half_precision_on_the_cpu_is_refused(no_profile: Path, dtype: str) -> N
     with pytest.raises(InvalidOption, match="fp32"):
         resolve_tuned_settings({"device": "cpu", "dtype": dtype}, H100)
     with pytest.raises(InvalidOption, match="fp32"):
-        resolve_dtype(dtype, torch.device("cpu"))
-    assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+        resolve_dtype(dtype, "cpu")
+    assert resolve_dtype("fp32", "cpu") == "fp32"
 
 
 def test_the_python_api_refuses_bf16_on_the_cpu(tiny_model_dir: Path) -> None:
@@ -214,9 +224,9 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     probed: list[str] = []
 
-    def probe(target: torch.device) -> None:
-        probed.append(str(target))
-        if target.index == 1:
+    def probe(target: str) -> None:
+        probed.append(target)
+        if target == "cuda:1":
             raise RuntimeError("CUDA error: uncorrectable ECC error encountered")
 
     monkeypatch.setattr(device, "probe_device", probe)

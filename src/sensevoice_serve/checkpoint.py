@@ -1,4 +1,8 @@
-"""Find a SenseVoiceSmall model directory (local or from a hub) and load it safely and strictly."""
+"""Find a SenseVoiceSmall model directory (local or from a hub) and load it safely and strictly.
+
+Finding and checking the files needs no torch (the int8 runtime never imports it); loading the torch model
+imports it then.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,18 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
 from .errors import ModelLoadError
 from .features import FrontendConfig
-from .model import ModelDimensions, SenseVoiceSmall
 from .tokenizer import TOKENIZER_FILENAME, Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import ModelDimensions, SenseVoiceSmall
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +150,8 @@ def _cached_snapshot(hub: str, hub_id: str, snapshot_download) -> Path | None:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only (``weights_only``): a checkpoint can never run code on load."""
+    import torch
+
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle / zip / unsupported-global errors all mean the same here
@@ -175,6 +185,8 @@ def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.T
 
 
 def model_dimensions(files: ModelFiles, vocab_size: int) -> ModelDimensions:
+    from .model import ModelDimensions
+
     if files.config.get("encoder", "SenseVoiceEncoderSmall") != "SenseVoiceEncoderSmall":
         raise ModelLoadError(
             f"{files.directory}: encoder {files.config['encoder']!r} is not SenseVoiceEncoderSmall"
@@ -185,6 +197,10 @@ def model_dimensions(files: ModelFiles, vocab_size: int) -> ModelDimensions:
 def load_model(
     files: ModelFiles, tokenizer: Tokenizer, device: torch.device, dtype: torch.dtype
 ) -> SenseVoiceSmall:
+    import torch
+
+    from .model import SenseVoiceSmall
+
     dims = model_dimensions(files, tokenizer.vocab_size)
     with torch.device("meta"):
         model = SenseVoiceSmall(dims)
@@ -193,4 +209,5 @@ def load_model(
     model.load_state_dict(state, strict=True, assign=True)
     if files.random_weights:
         logger.warning("%s holds RANDOM weights: its transcripts are meaningless", files.directory)
-    return model.to(device=device, dtype=dtype).eval()
+    # Never trained here: without gradients no forward records an autograd graph, whoever calls it.
+    return model.requires_grad_(False).to(device=device, dtype=dtype).eval()

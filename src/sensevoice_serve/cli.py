@@ -150,7 +150,7 @@ def output_options(settings: Settings, model_files: ModelFiles, dtype: str) -> d
 
     options = {
         "model": [file_identity(path) for path in model_files.paths],  # new weights: every file again
-        "dtype": str(DTYPES.get(dtype, dtype)),
+        "dtype": DTYPES.get(dtype, dtype),
         "language": settings.language,
         "use_itn": settings.use_itn,
         "ban_emo_unk": settings.ban_emo_unk,
@@ -195,13 +195,12 @@ def _transcribe_files(
     files: list[Path], settings: Settings, tuned: TunedSettings, model_dir: Path, keys: dict[Path, str]
 ) -> int:
     """Transcribe into the sinks the settings ask for; the number of files that failed."""
-    import torch
-
     from .longform import SegmentationOptions, transcribe_sources
     from .pipeline import SenseVoice
 
-    torch.set_num_threads(tuned.torch_threads)
-    engine = SenseVoice.from_pretrained(model_dir, device=tuned.device, dtype=tuned.dtype)
+    engine = SenseVoice.from_pretrained(
+        model_dir, device=tuned.device, dtype=tuned.dtype, threads=tuned.torch_threads
+    )
     progress = _Progress(len(files))
     sinks = _open_sinks(settings, keys, several=len(files) > 1)
     outcomes = transcribe_sources(

@@ -79,12 +79,11 @@ def _timed_probe(device) -> float:
 
 def check_devices() -> list[Check]:
     """The CPU, then each GPU torch sees, with real work (``doctor_gpu.check_gpu``)."""
-    import torch
 
     from .device import cuda_devices
     from .doctor_gpu import check_gpu
 
-    checks = [Check("cpu matmul", OK, f"{_timed_probe(torch.device('cpu')):.1f} ms")]
+    checks = [Check("cpu matmul", OK, f"{_timed_probe('cpu'):.1f} ms")]
     devices = cuda_devices()
     if not devices:
         checks.append(

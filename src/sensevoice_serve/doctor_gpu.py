@@ -109,9 +109,9 @@ def measure_matmul(device, dtype: str, speed_size: int = SPEED_SIZE) -> tuple[fl
     (against float64 on the CPU), and its speed in TFLOP/s on ``speed_size`` square matrices."""
     import torch
 
-    from .device import DTYPES
+    from .device import torch_dtype
 
-    kind = DTYPES[dtype]
+    kind = torch_dtype(dtype)
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(ACCURACY_SIZE, ACCURACY_SIZE, generator=generator) for _ in range(2))
     reference = a.double() @ b.double()
@@ -155,10 +155,11 @@ def check_gpu(device, matmul: Matmul | None = None) -> list[Check]:
     from .tuning import MIN_FREE_GPU_GIB
 
     matmul = matmul or measure_matmul
+    device = torch.device(device)
     properties = torch.cuda.get_device_properties(device)
     name = f"gpu {device.index}"
     try:
-        devices.probe_device(device)
+        devices.probe_device(str(device))
         free, total = torch.cuda.mem_get_info(device)
         error, tflops = matmul(device, "fp32")
     except Exception as error:  # a listed GPU that cannot allocate or multiply is unusable

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -198,14 +199,21 @@ class SenseVoiceSmall(nn.Module):
         self.encoder = SenseVoiceEncoder(dims)
         self.ctc = CTCHead(dims.output_size, dims.vocab_size)
 
+    @torch.inference_mode()
     def encode(
-        self, features: torch.Tensor, lengths: torch.Tensor, languages: Sequence[str], use_itn: Sequence[bool]
+        self,
+        features: torch.Tensor | np.ndarray,
+        lengths: torch.Tensor | np.ndarray,
+        languages: Sequence[str],
+        use_itn: Sequence[bool],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, T, input_size) with lengths (B,) -> encoder output (B, T + 4, d) and its lengths.
 
         Output frames 0..3 answer the four queries; frame 4 + i is feature frame i. Each utterance has its
-        own language and text-norm query, so mixed requests share one batch.
+        own language and text-norm query, so mixed requests share one batch. Features computed on the CPU
+        come as numpy arrays (``features.FeatureExtractor``) and are used in place.
         """
+        features, lengths = torch.as_tensor(features), torch.as_tensor(lengths)
         language_rows = torch.tensor(
             [language_row(language) for language in languages], device=features.device
         )

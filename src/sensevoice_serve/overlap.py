@@ -35,7 +35,7 @@ Finish = Callable[[], list[Segment]]
 class BatchStages:
     def __init__(self, engine: SenseVoice, overlap: bool | None = None) -> None:
         self.engine = engine
-        self.overlap = engine.device.type == "cuda" if overlap is None else overlap
+        self.overlap = engine.device.startswith("cuda") if overlap is None else overlap
         self._handoff: queue.Queue[tuple[Finish, Callable, Callable] | None] = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
 

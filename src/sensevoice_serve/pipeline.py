@@ -1,7 +1,8 @@
 """The public Python API: ``SenseVoice.from_pretrained(...).transcribe([...])``.
 
 Imports run one way: this module uses ``longform`` (segmentation and the decoding thread) and hands it
-``self`` as the model that runs utterances; ``longform`` never imports this module.
+``self`` as the model that runs utterances; ``longform`` never imports this module. Nothing here imports
+torch: the int8 runtime runs without it, and the torch runtime brings it along.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .audio import Audio, AudioInput
 from .batching import BatchTimings, Utterance, plan_batches
@@ -41,8 +41,8 @@ class SenseVoice:
     model: Runtime  # the torch model, or the int8 runtime: the same two calls (runtimes/)
     tokenizer: Tokenizer
     features: FeatureExtractor
-    device: torch.device
-    dtype: torch.dtype
+    device: str  # "cpu", "cuda:0"
+    dtype: str  # "fp32", "bf16", "fp16", "int8"
     decoder: CTCDecoder = field(init=False)
     forward_batch_sizes: list[int] = field(init=False, default_factory=list)  # per forward: what batching did
 
@@ -56,22 +56,25 @@ class SenseVoice:
         device: str = "auto",
         dtype: str = "auto",
         cache_dir: str | os.PathLike | None = None,
+        threads: int | None = None,
     ) -> SenseVoice:
         """Load a model directory in the official layout, or a hub id (downloaded when online).
 
         ``dtype="int8"`` (CPU only; what ``auto`` picks on a CPU with an int8 dot product) runs the int8
         runtime, built from model.pt once into ``cache_dir`` (default: ``$SENSEVOICE_CACHE_DIR`` or
-        ~/.cache/sensevoice-serve). ``fp32`` is exact; int8 changes a few tokens.
+        ~/.cache/sensevoice-serve), without torch. ``fp32`` is exact; int8 changes a few tokens.
+        ``threads``: the model's compute threads (default: every core for int8; torch's setting, which is
+        process-wide, for the others).
         """
         files = resolve_model(model)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        chosen_device = resolve_device(device)
+        chosen_dtype = resolve_dtype(dtype, chosen_device)
         tokenizer = Tokenizer(files.tokenizer)
         tokenizer.require_tags()
-        network = load_runtime(files, tokenizer, torch_device, torch_dtype, cache_dir)
+        network = load_runtime(files, tokenizer, chosen_device, chosen_dtype, cache_dir, threads)
         shift, scale = load_cmvn(files.cmvn)
-        features = FeatureExtractor(files.frontend, shift, scale, device=torch_device)
-        return cls(files, network, tokenizer, features, torch_device, torch_dtype)
+        features = FeatureExtractor(files.frontend, shift, scale, device=chosen_device)
+        return cls(files, network, tokenizer, features, chosen_device, chosen_dtype)
 
     @property
     def random_weights(self) -> bool:
@@ -83,7 +86,6 @@ class SenseVoice:
         """One padded forward over ``utterances`` (any mix of lengths and options), results in their order."""
         return self.start_batch(utterances, timings).finish()
 
-    @torch.inference_mode()
     def start_batch(
         self, utterances: Sequence[Utterance], timings: BatchTimings | None = None
     ) -> ScoredBatch:
@@ -116,10 +118,16 @@ class SenseVoice:
     def _on_device(self) -> AbstractContextManager:
         """This engine's GPU as the current one, so that whatever a thread creates without naming a device
         (streams, events, kernels) lands on it, whichever GPU the thread last used."""
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+        if not self.device.startswith("cuda"):
+            return nullcontext()
+        import torch
+
+        return torch.cuda.device(self.device)
 
     def _synchronize(self) -> None:
-        if self.device.type == "cuda":
+        if self.device.startswith("cuda"):
+            import torch
+
             torch.cuda.synchronize(self.device)
 
     def run_utterances(

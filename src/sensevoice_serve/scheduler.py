@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-
-import torch
 
 from .batching import plan_batches
 from .errors import DeviceOutOfMemory, InferenceWorkerDied, Overloaded, SenseVoiceError, ShuttingDown
@@ -310,15 +309,15 @@ class Scheduler:
         out_of_memory = False
         try:
             finish = self._stages.start([r.utterances[i] for r, i in members], timings)
-        except torch.OutOfMemoryError:
+        except Exception as error:  # one bad batch must not take the worker down
+            if not _out_of_memory(error):
+                self._fail(members, error)
+                return True
             # Retried outside this block: the exception's traceback still holds the batch's tensors.
             out_of_memory = True
-        except Exception as error:  # one bad batch must not take the worker down
-            self._fail(members, error)
-            return True
         if out_of_memory:
-            if self.engine.device.type == "cuda":
-                torch.cuda.empty_cache()
+            if self.engine.device.startswith("cuda"):
+                sys.modules["torch"].cuda.empty_cache()
             return False
         self._grow_budget()
         self._stages.then(
@@ -403,3 +402,9 @@ class Scheduler:
                 )  # type: ignore[arg-type]
         except InvalidStateError:
             pass  # its caller cancelled it (client gone, timeout) after the worker last looked: nobody waits
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """torch's out-of-memory error; only the torch runtime raises it, so torch is not imported to ask."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)

@@ -45,11 +45,16 @@ import functools
 import importlib.util
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+    _LstmState = tuple[torch.Tensor, torch.Tensor]
 
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 512  # silero's native window at 16 kHz: one probability per 32 ms
@@ -59,13 +64,13 @@ CONTEXT_SAMPLES = 64  # the tail of the previous window that silero prepends to 
 BLOCK_WINDOWS = 512
 SELF_CHECK_TOLERANCE = 1e-4
 
-_LstmState = tuple[torch.Tensor, torch.Tensor]
-
 
 class SileroModel:
     """The shipped model's layers, run a block of windows per call. Read-only: threads may share it."""
 
     def __init__(self, scripted: torch.jit.ScriptModule) -> None:
+        import torch
+
         self._scripted = scripted
         try:
             core = scripted._model
@@ -92,6 +97,8 @@ class SileroModel:
         return SpeechProbabilities(self)
 
     def initial_state(self) -> _LstmState:
+        import torch
+
         zeros = torch.zeros(1, 1, self._hidden_size)
         return zeros, zeros.clone()
 
@@ -102,8 +109,22 @@ class SileroModel:
         speech = self._head(hidden[0].unsqueeze(-1))
         return speech.mean(dim=(1, 2)), state
 
+    def run(self, with_context: np.ndarray, state: _LstmState) -> tuple[np.ndarray, _LstmState]:
+        """``probabilities`` of the whole windows in ``with_context``: CONTEXT_SAMPLES of what came before,
+        then the windows' float32 samples."""
+        import torch
+
+        with torch.inference_mode():
+            windows = torch.from_numpy(with_context).unfold(
+                0, CONTEXT_SAMPLES + WINDOW_SAMPLES, WINDOW_SAMPLES
+            )
+            probabilities, state = self.probabilities(windows, state)
+        return probabilities.numpy(), state
+
     def check_against_scripted(self) -> None:
         """Fail at load time if the batched path no longer reproduces the scripted model stepwise."""
+        import torch
+
         probe = _self_check_probe()
         with torch.inference_mode():
             self._scripted.reset_states()
@@ -165,17 +186,15 @@ class SpeechProbabilities:
     def _run(self, block: np.ndarray) -> np.ndarray:
         with_context = np.concatenate([self._context, block])
         self._context = with_context[-CONTEXT_SAMPLES:].copy()
-        with torch.inference_mode():
-            windows = torch.from_numpy(with_context).unfold(
-                0, CONTEXT_SAMPLES + WINDOW_SAMPLES, WINDOW_SAMPLES
-            )
-            probabilities, self._state = self._model.probabilities(windows, self._state)
-        return probabilities.numpy()
+        probabilities, self._state = self._model.run(with_context, self._state)
+        return probabilities
 
 
 @functools.lru_cache(maxsize=1)
 def load_model() -> SileroModel:
     """The shipped model, loaded and self-checked once per process and shared by every caller."""
+    import torch
+
     path = shipped_model_path()
     try:
         scripted = torch.jit.load(str(path), map_location="cpu").eval()
@@ -200,6 +219,8 @@ def shipped_model_path() -> Path:
 
 def _self_check_probe() -> torch.Tensor:
     """About a second of voiced-like signal (a gliding harmonic tone over noise), then noise alone."""
+    import torch
+
     generator = np.random.default_rng(0)
     voiced_windows = 32
     signal = generator.normal(scale=0.01, size=2 * voiced_windows * WINDOW_SAMPLES)

@@ -40,6 +40,7 @@ class GpuInfo:
 class MachineInfo:
     cpu_count: int
     gpus: tuple[GpuInfo, ...] = ()
+    int8_faster: bool = False  # the int8 runtime is installed and the CPU has an int8 dot product
 
     @property
     def fingerprint(self) -> str:
@@ -71,10 +72,17 @@ class TunedSettings:
 def probe_machine() -> MachineInfo:
     """Cores and GPUs without a CUDA context on any GPU: torch's device properties need none, and free
     memory comes from NVML (``nvidia-ml-py``) when it is importable, else later, for the GPUs chosen only.
-    A context costs each GPU some 300-500 MB, on GPUs this process may never use."""
-    import torch
+    A context costs each GPU some 300-500 MB, on GPUs this process may never use. Without an NVIDIA driver
+    torch is not imported at all: the int8 runtime runs without it."""
+    from .device import nvidia_driver_present
+    from .runtimes import int8_preferred
 
     gpus = []
+    cpus = len(os.sched_getaffinity(0))
+    if not nvidia_driver_present():
+        return MachineInfo(cpu_count=cpus, int8_faster=int8_preferred())
+    import torch
+
     if torch.cuda.is_available():
         memory = _nvml_memory_by_uuid()
         for index in range(torch.cuda.device_count()):
@@ -82,7 +90,7 @@ def probe_machine() -> MachineInfo:
             free, _ = memory.get(_uuid(getattr(properties, "uuid", "")), (None, None))
             capability = (properties.major, properties.minor)
             gpus.append(GpuInfo(properties.name, capability, free, properties.total_memory))
-    return MachineInfo(cpu_count=len(os.sched_getaffinity(0)), gpus=tuple(gpus))
+    return MachineInfo(cpu_count=cpus, gpus=tuple(gpus), int8_faster=int8_preferred())
 
 
 def _uuid(value: object) -> str:
@@ -129,7 +137,7 @@ def auto_settings(machine: MachineInfo, device: str = "auto", dtype: str = "auto
     """
     gpu_index = _gpu_index(machine, device)
     if gpu_index is None:
-        return _cpu_rules(machine.cpu_count, "cpu" if device == "auto" else device, dtype)
+        return _cpu_rules(machine, "cpu" if device == "auto" else device, dtype)
     return _gpu_rules(machine, gpu_index, dtype)
 
 
@@ -154,16 +162,17 @@ def _gpu_index(machine: MachineInfo, device: str) -> int | None:
     return int(index)
 
 
-def _cpu_rules(cpu_count: int, device: str, dtype: str) -> TunedSettings:
+def _cpu_rules(machine: MachineInfo, device: str, dtype: str) -> TunedSettings:
     from .device import refuse_half_precision_on_cpu
 
     if device == "cpu":
         refuse_half_precision_on_cpu(dtype)
-    cpus = max(cpu_count, 1)
+    cpus = max(machine.cpu_count, 1)
     decode_workers = 1 if cpus <= 4 else max(2, cpus // 4)
     return TunedSettings(
         device=device,
-        dtype="fp32",
+        # int8 where it was measured faster (runtimes.int8_preferred); bench --tune measures both
+        dtype="int8" if machine.int8_faster else "fp32",
         torch_threads=cpus if cpus <= 2 else cpus - decode_workers,
         decode_workers=decode_workers,
         max_batch_frames=CPU_BATCH_FRAMES,
@@ -285,12 +294,11 @@ def resolve_device_settings(
 
 
 def _usable_gpu(machine: MachineInfo, index: int) -> bool:
-    import torch
 
     from . import device
 
     try:
-        device.probe_device(torch.device("cuda", index))
+        device.probe_device(f"cuda:{index}")
     except Exception as error:  # a broken GPU must not stop the others
         logger.warning("not using cuda:%d: %s", index, error)
         return False

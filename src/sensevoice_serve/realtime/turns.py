@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-import torch
 
 from ..silero import CONTEXT_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES, SileroModel, load_model
 from ..vad import RELEASE_MARGIN, VadOptions
@@ -46,10 +45,8 @@ class WindowProbabilities:
             return np.zeros(0, dtype=np.float32)
         with_context = np.concatenate([self._context, joined[:complete]])
         self._context = with_context[-CONTEXT_SAMPLES:].copy()
-        windows = torch.from_numpy(with_context).unfold(0, CONTEXT_SAMPLES + WINDOW_SAMPLES, WINDOW_SAMPLES)
-        with torch.inference_mode():
-            probabilities, self._state = self._model.probabilities(windows, self._state)
-        return probabilities.numpy()
+        probabilities, self._state = self._model.run(with_context, self._state)
+        return probabilities
 
 
 class SpeechWorker:

@@ -14,23 +14,22 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
     from ..tokenizer import Tokenizer
 
-INT8 = torch.int8  # the dtype that names the int8 runtime: weights in int8, activations quantized per batch
+INT8 = "int8"  # the precision that names the int8 runtime: weights in int8, activations quantized per batch
 # A core that multiplies int8 in one instruction (VNNI, or Arm's dot product) runs int8 models 2-3x
 # faster than float32; without one int8 gains far less.
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
 
 
 class CTCLogits(Protocol):
-    def logits(self, encoded: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 logits of encoder frames (..., d), over the vocabulary or its ``rows`` only."""
+    def logits(self, encoded: Any, rows: Any = None) -> Any:
+        """Float32 logits of encoder frames (..., d), over the vocabulary or its ``rows`` only: torch
+        tensors on the model's device for the torch runtime, numpy arrays for the int8 one."""
         ...
 
 
@@ -38,9 +37,10 @@ class Runtime(Protocol):
     ctc: CTCLogits
 
     def encode(
-        self, features: torch.Tensor, lengths: torch.Tensor, languages: Sequence[str], use_itn: Sequence[bool]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float32 features (B, T, 560) and lengths (B,) -> encoder frames (B, T + 4, d) and their lengths."""
+        self, features: Any, lengths: Any, languages: Sequence[str], use_itn: Sequence[bool]
+    ) -> tuple[Any, Any]:
+        """Float32 features (B, T, 560) and lengths (B,) -> encoder frames (B, T + 4, d) and their lengths
+        (numpy in and out for the int8 runtime; the torch one also takes numpy features on the CPU)."""
         ...
 
 
@@ -65,15 +65,22 @@ def int8_preferred(flags: set[str] | None = None) -> bool:
 def load_runtime(
     files: ModelFiles,
     tokenizer: Tokenizer,
-    device: torch.device,
-    dtype: torch.dtype,
+    device: str,
+    dtype: str,
     cache_dir: str | Path | None = None,
+    threads: int | None = None,
 ) -> Runtime:
-    """The torch model in ``dtype``, or the int8 runtime (built into ``cache_dir`` on first use)."""
+    """The torch model in ``dtype``, or the int8 runtime (built into ``cache_dir`` on first use), computing
+    on ``threads`` threads (torch's are process-wide; None leaves torch's as they are)."""
     if dtype == INT8:
         from .int8 import load_int8_runtime
 
-        return load_int8_runtime(files, tokenizer, cache_dir)
-    from ..checkpoint import load_model
+        return load_int8_runtime(files, tokenizer, cache_dir, threads)
+    import torch
 
-    return load_model(files, tokenizer, device, dtype)
+    from ..checkpoint import load_model
+    from ..device import torch_dtype
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return load_model(files, tokenizer, torch.device(device), torch_dtype(dtype))

@@ -25,15 +25,11 @@ import torch
 from torch import nn
 
 from ..export import INPUT_NAMES, encoder_graph, example_batch, export_graph
+from .int8_cache import CTC, CTC_INPUT, CTC_OUTPUT, ENCODER, ENCODER_OUTPUT, GRAPH_FILES
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
     from ..tokenizer import Tokenizer
-
-ENCODER, CTC = "encoder", "ctc"
-ENCODER_OUTPUT = "encoded"
-CTC_INPUT, CTC_OUTPUT = "frames", "logits"
-GRAPH_FILES = {name: (f"{name}.onnx", f"{name}.data") for name in (ENCODER, CTC)}
 
 
 class CTCGraph(nn.Module):

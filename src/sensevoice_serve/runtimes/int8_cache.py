@@ -28,7 +28,6 @@ from typing import IO, TYPE_CHECKING
 from ..checkpoint import CONFIG_FILENAME
 from ..errors import ModelLoadError
 from . import cpu_flags, int8_available
-from .int8_build import GRAPH_FILES, build_int8_model
 
 if TYPE_CHECKING:
     from ..checkpoint import ModelFiles
@@ -50,6 +49,11 @@ ISA_FLAGS = (
     "asimd", "asimddp", "i8mm", "sve",
 )  # fmt: skip
 SIGNED_WEIGHT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
+# The two graphs an entry holds (built by int8_build, run by int8), their inputs and outputs.
+ENCODER, CTC = "encoder", "ctc"
+ENCODER_OUTPUT = "encoded"
+CTC_INPUT, CTC_OUTPUT = "frames", "logits"
+GRAPH_FILES = {name: (f"{name}.onnx", f"{name}.data") for name in (ENCODER, CTC)}
 
 
 def default_cache_dir() -> Path:
@@ -147,6 +151,8 @@ def _build(files: ModelFiles, tokenizer: Tokenizer, ident: dict, entry: Path) ->
     )  # fmt: skip
     staging = Path(tempfile.mkdtemp(prefix=f"{entry.name}.partial.", dir=entry.parent))
     try:
+        from .int8_build import build_int8_model  # torch: only when there is something to build
+
         build_int8_model(files, tokenizer, staging, ident["signed_weights"])
         _write_manifest(staging, ident)
         try:

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..batching import Utterance
 from ..decoding import DecodeOptions
@@ -102,10 +101,6 @@ class Service:
         try:
             devices = self.settings.tuned_devices()
             tuned = devices[0]
-            # torch threads and decode processes share the cores: tuned together, since torch threads
-            # that compete with a busy decoder for a core run many times slower. Both are the process's,
-            # whatever the number of devices: two CPU engines (devices "cpu,cpu") share torch's threads.
-            torch.set_num_threads(tuned.torch_threads)
             self.pool = DecodePool(
                 tuned.decode_workers, self.default_segmentation(), self.settings.decode_timeout_seconds
             )
@@ -135,7 +130,12 @@ class Service:
         """One engine per device, loaded side by side (each reads the weights and moves them over)."""
 
         def load(tuned: TunedSettings) -> SenseVoice:
-            return SenseVoice.from_pretrained(self.settings.model, device=tuned.device, dtype=tuned.dtype)
+            # Model threads and decode processes share the cores: tuned together, since model threads that
+            # compete with a busy decoder for a core run many times slower. torch's threads are the
+            # process's, whatever the number of devices: two CPU engines (devices "cpu,cpu") share them.
+            return SenseVoice.from_pretrained(
+                self.settings.model, device=tuned.device, dtype=tuned.dtype, threads=tuned.torch_threads
+            )
 
         if len(devices) == 1:
             return [load(devices[0])]
