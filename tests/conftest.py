@@ -35,6 +35,13 @@ def shared_audio(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _int8_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """int8 models built by this run (``dtype auto`` is int8 on a VNNI CPU) go to one temporary cache,
+    shared with the servers and commands the tests start, not to the user's."""
+    os.environ.setdefault("SENSEVOICE_CACHE_DIR", str(tmp_path_factory.mktemp("sensevoice-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sensevoice_serve.random_checkpoint import write_random_checkpoint

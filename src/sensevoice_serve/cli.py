@@ -199,7 +199,11 @@ def _transcribe_files(
     from .pipeline import SenseVoice
 
     engine = SenseVoice.from_pretrained(
-        model_dir, device=tuned.device, dtype=tuned.dtype, threads=tuned.torch_threads
+        model_dir,
+        device=tuned.device,
+        dtype=tuned.dtype,
+        cache_dir=settings.cache_dir,
+        threads=tuned.torch_threads,
     )
     progress = _Progress(len(files))
     sinks = _open_sinks(settings, keys, several=len(files) > 1)

@@ -90,15 +90,18 @@ class Transcriber:
     """An actor of the pool: one engine, run on the utterances of a batch of decoded files."""
 
     def __init__(self, model_dir: str, settings: dict[str, Any]) -> None:
-        import torch
-
         from ..pipeline import SenseVoice
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         engine = engine_settings(Settings(**settings), cpus)
         tuned = engine.tuned()
-        torch.set_num_threads(tuned.torch_threads)
-        self.engine = SenseVoice.from_pretrained(model_dir, device=tuned.device, dtype=tuned.dtype)
+        self.engine = SenseVoice.from_pretrained(
+            model_dir,
+            device=tuned.device,
+            dtype=tuned.dtype,
+            cache_dir=engine.cache_dir,
+            threads=tuned.torch_threads,
+        )
         self.max_batch_frames = tuned.max_batch_frames
         self.batch_size = engine.batch_size
         self.options = engine.decode_options()  # the CLI's: language, ITN, beam and hotwords

@@ -64,7 +64,7 @@ def _count(settings: Settings, cluster_gpus: float, gpu: bool) -> int:
 def engine_settings(settings: Settings, cpus: float) -> Settings:
     """``settings`` for an engine copy that holds ``cpus`` cores: torch threads and decode processes for that
     share (unless set explicitly), device, precision and batching for the GPU it was given, if any."""
-    from ..tuning import probe_machine, resolve_tuned_settings  # probe_machine imports torch
+    from ..tuning import probe_machine, resolve_tuned_settings
 
     machine = dataclasses.replace(probe_machine(), cpu_count=max(1, math.floor(cpus)))
     names = ("device", "dtype", "torch_threads", "decode_workers", "max_batch_frames", "max_wait_ms")

@@ -134,7 +134,11 @@ class Service:
             # compete with a busy decoder for a core run many times slower. torch's threads are the
             # process's, whatever the number of devices: two CPU engines (devices "cpu,cpu") share them.
             return SenseVoice.from_pretrained(
-                self.settings.model, device=tuned.device, dtype=tuned.dtype, threads=tuned.torch_threads
+                self.settings.model,
+                device=tuned.device,
+                dtype=tuned.dtype,
+                cache_dir=self.settings.cache_dir,
+                threads=tuned.torch_threads,
             )
 
         if len(devices) == 1:
