@@ -1,8 +1,14 @@
-"""The frontend against kaldi-native-fbank (fbank), a reference loop (LFR) and the official am.mvn (CMVN)."""
+"""The frontend against kaldi-native-fbank (fbank), a reference loop (LFR) and the official am.mvn (CMVN).
+
+Both implementations, NumPy (the CPU's) and torch (an accelerator's, run here on the CPU), face the same
+references, and each other.
+"""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +21,12 @@ from sensevoice_serve.errors import ModelLoadError
 from sensevoice_serve.features import (
     FeatureExtractor,
     FrontendConfig,
-    HostStaging,
+    NumpyFeatureExtractor,
     load_cmvn,
     num_fbank_frames,
     num_lfr_frames,
 )
+from sensevoice_serve.features_torch import HostStaging, TorchFeatureExtractor
 
 from .conftest import shared_audio
 
@@ -34,9 +41,21 @@ ASSETS = Path(__file__).resolve().parents[1] / "src" / "sensevoice_serve" / "ass
 NEAR_SILENT_NATS = 14.0
 
 
-@pytest.fixture(scope="module")
-def extractor() -> FeatureExtractor:
-    return FeatureExtractor(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"))
+IMPLEMENTATIONS = {"numpy": NumpyFeatureExtractor, "torch": TorchFeatureExtractor}
+
+
+def build(implementation: str, config: FrontendConfig | None = None) -> FeatureExtractor:
+    return IMPLEMENTATIONS[implementation](config or FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"))
+
+
+@pytest.fixture(scope="module", params=list(IMPLEMENTATIONS))
+def extractor(request: pytest.FixtureRequest) -> FeatureExtractor:
+    return build(request.param)
+
+
+def native(extractor: FeatureExtractor, array: np.ndarray) -> np.ndarray | torch.Tensor:
+    """``array`` as the implementation's own array type."""
+    return torch.from_numpy(array) if isinstance(extractor, TorchFeatureExtractor) else array
 
 
 def mono_recording(name: str) -> np.ndarray:
@@ -67,14 +86,17 @@ def kaldi_native_fbank(samples: np.ndarray, window: str = "hamming") -> np.ndarr
     return np.array(frames, dtype=np.float32).reshape(-1, 80)
 
 
-def assert_close_to_kaldi(ours: np.ndarray, reference: np.ndarray, label: str) -> None:
+def assert_same_log_mel(ours: np.ndarray, reference: np.ndarray, label: str) -> None:
+    """Equal to float32 precision: see NEAR_SILENT_NATS for why the log domain looks at audible bins only."""
     assert ours.shape == reference.shape
+    if reference.size == 0:
+        return
     delta = np.abs(ours - reference)[audible_bins(reference)]
     # Every bin, near-silent ones included, in the linear domain relative to its frame's energy.
     energy, reference_energy = np.exp(ours.astype(np.float64)), np.exp(reference.astype(np.float64))
     relative = np.abs(energy - reference_energy) / reference_energy.sum(axis=1, keepdims=True)
     print(
-        f"{label}: log-mel vs kaldi-native-fbank max |Δ| {delta.max():.2e}, mean |Δ| {delta.mean():.2e} "
+        f"{label}: log-mel vs reference max |Δ| {delta.max():.2e}, mean |Δ| {delta.mean():.2e} "
         f"on {delta.size / reference.size:.1%} of bins; max energy error / frame energy {relative.max():.1e}"
     )
     assert delta.mean() <= 1e-5
@@ -85,16 +107,16 @@ def assert_close_to_kaldi(ours: np.ndarray, reference: np.ndarray, label: str) -
 @pytest.mark.parametrize("name", ["zh_sample.wav", "stereo_diarization.wav"])
 def test_fbank_matches_kaldi_native_fbank(extractor: FeatureExtractor, name: str) -> None:
     samples = mono_recording(name)
-    ours = extractor.fbank(torch.from_numpy(samples)).numpy()
-    assert_close_to_kaldi(ours, kaldi_native_fbank(samples), name)
+    ours = np.asarray(extractor.fbank(samples))
+    assert_same_log_mel(ours, kaldi_native_fbank(samples), name)
 
 
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
 @pytest.mark.parametrize("window", ["hanning", "povey"])
-def test_other_kaldi_windows_match_kaldi_native_fbank(window: str) -> None:
+def test_other_kaldi_windows_match_kaldi_native_fbank(implementation: str, window: str) -> None:
     samples = mono_recording("zh_sample.wav")[: 3 * 16000]
-    extractor = FeatureExtractor(FrontendConfig(window=window), *load_cmvn(ASSETS / "am.mvn"))
-    ours = extractor.fbank(torch.from_numpy(samples)).numpy()
-    assert_close_to_kaldi(ours, kaldi_native_fbank(samples, window), f"zh_sample.wav, {window} window")
+    ours = np.asarray(build(implementation, FrontendConfig(window=window)).fbank(samples))
+    assert_same_log_mel(ours, kaldi_native_fbank(samples, window), f"zh_sample.wav, {window} window")
 
 
 @pytest.mark.parametrize("num_samples", [0, 1, 399, 400, 401, 559, 560, 561, 1360, 16000, 16001, 96000])
@@ -102,13 +124,14 @@ def test_frame_counts_agree_with_kaldi_and_the_arithmetic(
     extractor: FeatureExtractor, num_samples: int
 ) -> None:
     samples = np.random.default_rng(num_samples).uniform(-0.5, 0.5, num_samples).astype(np.float32)
-    fbank = extractor.fbank(torch.from_numpy(samples))
+    fbank = extractor.fbank(samples)
     assert fbank.shape == (num_fbank_frames(num_samples), 80)
     assert fbank.shape[0] == kaldi_native_fbank(samples).shape[0]
     assert extractor.lfr(fbank).shape == (num_lfr_frames(num_samples), 560)
     features, lengths = extractor([samples])
     assert lengths.tolist() == [num_lfr_frames(num_samples)]
     assert features.shape == (1, num_lfr_frames(num_samples), 560)
+    assert features.dtype in (np.float32, torch.float32) and lengths.dtype in (np.int64, torch.int64)
 
 
 def reference_lfr(fbank: np.ndarray, m: int = 7, n: int = 6) -> np.ndarray:
@@ -125,13 +148,14 @@ def reference_lfr(fbank: np.ndarray, m: int = 7, n: int = 6) -> np.ndarray:
 
 @pytest.mark.parametrize("frames", [0, 1, 2, 5, 6, 7, 12, 13, 18, 100])
 def test_lfr_matches_the_reference_loop(extractor: FeatureExtractor, frames: int) -> None:
-    fbank = torch.randn(frames, 80, generator=torch.Generator().manual_seed(frames))
-    np.testing.assert_array_equal(extractor.lfr(fbank).numpy(), reference_lfr(fbank.numpy()))
+    fbank = np.random.default_rng(frames).standard_normal((frames, 80)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(extractor.lfr(native(extractor, fbank))), reference_lfr(fbank))
 
 
 def test_cmvn_reads_shift_and_scale_not_the_splice_block() -> None:
     shift, scale = load_cmvn(ASSETS / "am.mvn")
-    assert shift.dtype == scale.dtype == torch.float32
+    assert isinstance(shift, np.ndarray) and isinstance(scale, np.ndarray)
+    assert shift.dtype == scale.dtype == np.float32
     assert shift.shape == scale.shape == (560,)
     # First and last values of the <AddShift> and <Rescale> vectors as written in the file.
     assert shift[[0, -1]].tolist() == pytest.approx([-8.311879, -11.71208])
@@ -171,26 +195,25 @@ def test_missing_cmvn_is_a_clear_error(tmp_path: Path) -> None:
         load_cmvn(tmp_path / "am.mvn")
 
 
-def test_cmvn_must_fit_the_feature_size() -> None:
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_cmvn_must_fit_the_feature_size(implementation: str) -> None:
     with pytest.raises(ModelLoadError, match="80 values but features have 560"):
-        FeatureExtractor(FrontendConfig(), torch.zeros(80), torch.ones(80))
+        IMPLEMENTATIONS[implementation](FrontendConfig(), np.zeros(80), np.ones(80))
 
 
 def test_features_are_normalised_lfr_of_fbank(extractor: FeatureExtractor) -> None:
     samples = mono_recording("zh_sample.wav")
     features, _ = extractor([samples])
-    lfr = extractor.lfr(extractor.fbank(torch.from_numpy(samples)))
+    lfr = np.asarray(extractor.lfr(extractor.fbank(samples)))
     shift, scale = load_cmvn(ASSETS / "am.mvn")
-    torch.testing.assert_close(features[0], (lfr + shift) * scale, rtol=0, atol=0)
+    np.testing.assert_array_equal(np.asarray(features[0]), (lfr + shift) * scale)
 
 
-@pytest.mark.parametrize("strategy", ["items", "whole batch", "staged whole batch"])
+@pytest.mark.parametrize("strategy", ["numpy", "torch", "torch staged"])
 def test_batch_equals_items_and_lengths_are_right(strategy: str) -> None:
-    extractor = FeatureExtractor(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"))
-    # Exercise every strategy here; the device picks one (off the CPU: the whole batch at once, its audio
-    # copied over through one host buffer).
-    extractor._whole_batch = strategy != "items"
-    extractor._staging = HostStaging(extractor.device) if strategy.startswith("staged") else None
+    extractor = build(strategy.split()[0])
+    if strategy == "torch staged":  # what an accelerator does: the batch's audio through one host buffer
+        extractor._staging = HostStaging(extractor.torch_device)
     speech = mono_recording("zh_sample.wav")
     clips = [
         speech[:16000],
@@ -200,13 +223,13 @@ def test_batch_equals_items_and_lengths_are_right(strategy: str) -> None:
         torch.from_numpy(speech[1000:1400]).double(),
     ]
     features, lengths = extractor(clips)
-    assert lengths.dtype == torch.int64
+    assert lengths.dtype in (np.int64, torch.int64)
     assert lengths.tolist() == [num_lfr_frames(len(clip)) for clip in clips] == [17, 100, 0, 5, 1]
-    assert features.shape == (5, 100, 560) and features.dtype == torch.float32
+    assert features.shape == (5, 100, 560) and features.dtype in (np.float32, torch.float32)
     for row, clip in enumerate(clips):
-        alone = extractor.lfr(extractor.fbank(torch.as_tensor(clip)))
+        alone = np.asarray(extractor.lfr(extractor.fbank(clip)))
         expected = (alone + extractor.cmvn_shift) * extractor.cmvn_scale
-        torch.testing.assert_close(features[row, : lengths[row]], expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(features[row, : lengths[row]]), expected, rtol=1e-6, atol=1e-6)
         assert not features[row, lengths[row] :].any()
 
 
@@ -258,7 +281,65 @@ def test_config_comes_from_the_official_frontend_conf() -> None:
 
 def test_from_model_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
     extractor = FeatureExtractor.from_model_dir(tiny_model_dir)
+    assert isinstance(extractor, NumpyFeatureExtractor)
     assert extractor.config.feature_dim == 560
-    assert extractor.device == torch.device("cpu")
+    assert extractor.device == "cpu"
+    torch_extractor = TorchFeatureExtractor.from_model_dir(tiny_model_dir)
+    assert isinstance(torch_extractor, TorchFeatureExtractor) and torch_extractor.torch_device.type == "cpu"
     with pytest.raises(ModelLoadError, match="config.yaml"):
         FeatureExtractor.from_model_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("device", "implementation"),
+    [
+        ("cpu", NumpyFeatureExtractor),
+        (torch.device("cpu"), NumpyFeatureExtractor),
+        ("meta", TorchFeatureExtractor),  # stands in for an accelerator: torch, not the CPU
+        (torch.device("meta"), TorchFeatureExtractor),
+    ],
+)
+def test_the_device_picks_the_implementation(device: str | torch.device, implementation: type) -> None:
+    extractor = FeatureExtractor(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"), device=device)
+    assert type(extractor) is implementation
+    assert extractor.device == str(device)
+
+
+def test_numpy_features_refuse_another_device() -> None:
+    with pytest.raises(ValueError, match="NumPy features run on the CPU"):
+        NumpyFeatureExtractor(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"), device="cuda:0")
+
+
+def test_the_cpu_path_never_imports_torch(tiny_model_dir: Path) -> None:
+    script = (
+        "import sys, numpy as np\n"
+        "from sensevoice_serve.features import FeatureExtractor\n"
+        f"extractor = FeatureExtractor.from_model_dir({str(tiny_model_dir)!r}, 'cpu')\n"
+        "features, lengths = extractor([np.zeros(16000, np.float32), np.zeros(300, np.float32)])\n"
+        "assert features.shape == (2, 17, 560) and lengths.tolist() == [17, 0], (features.shape, lengths)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_numpy_and_torch_agree_on_a_ragged_batch() -> None:
+    numpy_extractor, torch_extractor = build("numpy"), build("torch")
+    speech = mono_recording("zh_sample.wav")
+    # Under one window, exactly one, one and a sample, ends in mid LFR window, whole recordings.
+    clips = [speech[:n] for n in (0, 399, 400, 401, 1360, 16000 + 123)]
+    clips += [speech, mono_recording("stereo_diarization.wav")]
+    ours, lengths = numpy_extractor(clips)
+    theirs, their_lengths = torch_extractor(clips)
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.float32
+    assert isinstance(lengths, np.ndarray) and lengths.dtype == np.int64
+    assert lengths.tolist() == their_lengths.tolist() == [num_lfr_frames(len(clip)) for clip in clips]
+    assert ours.shape == tuple(theirs.shape)
+    for row, (clip, length) in enumerate(zip(clips, lengths, strict=True)):
+        reference = torch_extractor.fbank(clip).numpy()
+        assert_same_log_mel(numpy_extractor.fbank(clip), reference, f"NumPy vs torch, {len(clip)} samples")
+        # LFR copies fbank bins and CMVN is elementwise: a feature is as precise as the bin it comes from.
+        audible = numpy_extractor.lfr(audible_bins(reference))
+        delta = np.abs(ours[row, :length] - theirs[row, :length].numpy())[audible]
+        assert delta.size == 0 or delta.max() <= 1e-4
+        assert not ours[row, length:].any()
