@@ -103,6 +103,17 @@ def test_numpy_scores_equal_torch_scores(tokenizer: Tokenizer, seed: int) -> Non
     assert [c is None for c in torch_scores.candidates] == [o.beam_size == 1 for o in OPTIONS]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scores_on_a_gpu_equal_numpy_scores(tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    head, encoded, lengths = random_batch(tokenizer)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(decoding, "LOGIT_ROWS_PER_CHUNK", 64)
+    monkeypatch.setattr(decoding, "SEARCHED_ROWS_PER_CHUNK", 5)
+    gpu_scores = CTCDecoder(head.cuda(), tokenizer).score(encoded.cuda(), lengths.cuda(), OPTIONS)
+    assert_same_scores(gpu_scores, both_scores(tokenizer)[1])
+
+
 def test_banned_emotion_is_never_emitted(tokenizer: Tokenizer) -> None:
     unknown = tokenizer.emotions[UNKNOWN_EMOTION]
     for scores in both_scores(tokenizer):
