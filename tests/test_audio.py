@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from sensevoice_serve import audio as audio_module
-from sensevoice_serve.audio import SAMPLE_RATE, Audio, AudioStream, decode_audio, decode_audio_channels
+from sensevoice_serve.audio import (
+    SAMPLE_RATE,
+    Audio,
+    AudioStream,
+    decode_audio,
+    decode_audio_channels,
+    ffmpeg,
+    libsndfile,
+)
 from sensevoice_serve.errors import AudioDecodeError, AudioTooLongError
 
 from .audio_fixtures import SHARED_AUDIO, dominant_frequency, encode, tone, write_gsm_wav, write_video_only
@@ -362,7 +369,7 @@ def test_a_decoder_surprise_is_that_input_s_decode_error(monkeypatch: pytest.Mon
     def broken(interleaved: np.ndarray) -> np.ndarray:
         raise IndexError("a decoder bug")
 
-    monkeypatch.setattr(audio_module, "_downmix", broken)
+    monkeypatch.setattr(libsndfile, "downmix", broken)
     with pytest.raises(AudioDecodeError, match=r"IndexError: a decoder bug") as caught:
         decode_audio(wav_bytes(tone(TONE_HZ, 0.5, 16000), 16000))
     assert isinstance(caught.value.__cause__, IndexError)
@@ -438,7 +445,7 @@ def test_over_the_limit_raises_before_decoding(kind: str, thirty_seconds: dict[s
 
 def test_limit_counts_samples_when_the_header_lies(tone_mp3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 200 s of MP3 whose container claims 2 s: decoding must notice, and stop reading soon after 5 s.
-    monkeypatch.setattr(audio_module, "_declared_duration", lambda container, stream: 2.0)
+    monkeypatch.setattr(ffmpeg, "_declared_duration", lambda container, stream: 2.0)
 
     class CountingReader(io.BytesIO):
         bytes_read = 0
@@ -522,7 +529,7 @@ def test_stream_warnings_and_errors_arrive_while_iterating(tmp_path: Path) -> No
 
 
 def test_stream_hands_out_windows_until_the_limit(tone_mp3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audio_module, "_declared_duration", lambda container, stream: None)
+    monkeypatch.setattr(ffmpeg, "_declared_duration", lambda container, stream: None)
     windows = []
     with pytest.raises(AudioTooLongError, match="5 s limit"):
         for window in AudioStream(tone_mp3.read_bytes() * 10, max_duration=5, window_seconds=1.0):

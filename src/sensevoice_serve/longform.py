@@ -15,7 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .audio import AudioInput, AudioStream, _label
+from .audio import AudioInput, AudioStream, input_label
 from .batching import Utterance
 from .decoding import FRAME_SECONDS, DecodeOptions
 from .errors import AudioDecodeError, SenseVoiceError
@@ -216,7 +216,7 @@ def _hand_over_input(
     except _Stopped:
         raise
     except Exception as error:
-        label = _label(source)
+        label = input_label(source)
         handoff.put(_Failed(key, label, _input_error(error, label)))
 
 
