@@ -31,8 +31,8 @@ PREEMPHASIS = 0.97
 LOW_FREQUENCY_HZ = 20.0
 LOG_FLOOR = float(np.finfo(np.float32).eps)  # kaldi takes log(max(energy, FLT_EPSILON))
 WINDOWS = ("hamming", "hanning", "povey")
-# Frames per NumPy pass on the CPU: about 200 kB of frames and 130 kB of spectrum, which stay in the cache.
-# One 10 s clip, one thread: 2.1 ms in chunks of 128 frames, 7.2 ms in one pass.
+# Frames per NumPy pass on the CPU: about 250 kB of FFT input and 130 kB of spectrum, which stay in the cache.
+# The fbank of one 30 s clip, one thread: 5.9 ms in chunks of 128 frames (64: 6.6, 256: 5.6), 14 ms in one.
 CPU_CHUNK_FRAMES = 128
 
 
