@@ -343,3 +343,13 @@ def test_numpy_and_torch_agree_on_a_ragged_batch() -> None:
         delta = np.abs(ours[row, :length] - theirs[row, :length].numpy())[audible]
         assert delta.size == 0 or delta.max() <= 1e-4
         assert not ours[row, length:].any()
+
+
+@pytest.mark.parametrize("n_mels", [23, 40, 128])
+def test_numpy_and_torch_fbank_agree_for_other_mel_counts(n_mels: int) -> None:
+    config = FrontendConfig(n_mels=n_mels)
+    zeros = np.zeros(config.feature_dim)
+    samples = mono_recording("zh_sample.wav")
+    ours = NumpyFeatureExtractor(config, zeros, zeros).fbank(samples)
+    reference = TorchFeatureExtractor(config, zeros, zeros).fbank(samples).numpy()
+    assert_same_log_mel(ours, reference, f"NumPy vs torch, {n_mels} mel bins")

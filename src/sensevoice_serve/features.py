@@ -34,6 +34,9 @@ WINDOWS = ("hamming", "hanning", "povey")
 # Frames per NumPy pass on the CPU: about 250 kB of FFT input and 130 kB of spectrum, which stay in the cache.
 # The fbank of one 30 s clip, one thread: 5.9 ms in chunks of 128 frames (64: 6.6, 256: 5.6), 14 ms in one.
 CPU_CHUNK_FRAMES = 128
+# The mel banks are banded, so on the CPU they multiply in this many products, each over the span of FFT bins
+# its mel bins weigh: 128 frames in 21 us, against 44 us in one product over every bin.
+CPU_MEL_BANDS = 4
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,19 @@ def lfr_gather_index(counts: Sequence[int], config: FrontendConfig) -> np.ndarra
     return np.minimum(index, max(int(frames.sum()) - 1, 0))
 
 
+def _mel_bands(mel_banks: np.ndarray, bands: int) -> list[tuple[slice, slice, np.ndarray]]:
+    """``mel_banks`` cut into ``bands`` runs of mel bins: (FFT bins, mel bins, weights) for each, the FFT bins
+    spanning those its mel bins weigh, so that the products skip the zeros outside the band."""
+    weighed = mel_banks != 0
+    pieces = []
+    for mel_bins in np.array_split(np.arange(mel_banks.shape[1]), bands):
+        fft_bins = np.flatnonzero(weighed[:, mel_bins].any(axis=1))
+        rows = slice(fft_bins[0], fft_bins[-1] + 1) if fft_bins.size else slice(0, 0)
+        columns = slice(mel_bins[0], mel_bins[-1] + 1)
+        pieces.append((rows, columns, np.ascontiguousarray(mel_banks[rows, columns])))
+    return pieces
+
+
 def _device_type(device: str | torch.device) -> str:
     return str(device).split(":", 1)[0]
 
@@ -277,7 +293,7 @@ class NumpyFeatureExtractor(FeatureExtractor):
             raise ValueError(f"NumPy features run on the CPU, not on {device}")
         # Scaling by a power of two is exact, so the window takes kaldi's int16 scale for free.
         self._window = analysis_window(config) * np.float32(INT16_SCALE)
-        self._mel_banks = kaldi_mel_banks(config)
+        self._mel_bands = _mel_bands(kaldi_mel_banks(config), min(CPU_MEL_BANDS, config.n_mels))
 
     def fbank(self, waveform: np.ndarray | torch.Tensor) -> np.ndarray:
         frames = self._frames(_as_waveform(waveform))
@@ -322,7 +338,8 @@ class NumpyFeatureExtractor(FeatureExtractor):
         spectrum = np.fft.rfft(padded)
         power = np.square(spectrum.real)
         power += np.square(spectrum.imag)
-        np.matmul(power, self._mel_banks, out=out)
+        for fft_bins, mel_bins, weights in self._mel_bands:
+            np.matmul(power[:, fft_bins], weights, out=out[:, mel_bins])
 
 
 def _as_waveform(waveform: np.ndarray | torch.Tensor) -> np.ndarray:
