@@ -83,7 +83,7 @@ def batch(material: np.ndarray) -> list[np.ndarray]:
 @torch.inference_mode()
 def encode(engine: SenseVoice, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     features, lengths = engine.features(clips)
-    return engine.model.encode(features.to(engine.dtype), lengths, ["auto"] * len(clips), [True] * len(clips))
+    return engine.model.encode(features, lengths, ["auto"] * len(clips), [True] * len(clips))
 
 
 def searched_fraction(engine: SenseVoice, encoded: torch.Tensor, lengths: torch.Tensor) -> float:

@@ -138,7 +138,7 @@ def test_cli_subtitles_parse_and_follow_the_segments(
     tiny_model_dir: Path, long_recording, long_result: Transcription, tmp_path: Path, output_format: str
 ) -> None:
     path, _ = long_recording
-    flags = ["--format", output_format, "--output-dir", str(tmp_path)]
+    flags = ["--dtype", "fp32", "--format", output_format, "--output-dir", str(tmp_path)]  # as long_result
     assert main(["transcribe", "--model", str(tiny_model_dir), *flags, str(path)]) == 0
     cues = subtitle_cues((tmp_path / f"meeting.{output_format}").read_text(encoding="utf-8"), output_format)
 

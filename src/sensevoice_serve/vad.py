@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InvalidOption
-from .silero import SAMPLE_RATE, WINDOW_SAMPLES, SpeechProbabilities, load_model
+from .silero import SAMPLE_RATE, WINDOW_SAMPLES, SileroModel, SpeechProbabilities, load_model
 
 # Probabilities are smoothed over 5 windows (160 ms) before picking where to split an over-long
 # segment, so a cut lands in a real pause rather than on a one-window dip inside a word.
@@ -285,14 +285,18 @@ def _as_mono_float32(samples: np.ndarray) -> np.ndarray:
 class VoiceActivityDetector:
     """Silero VAD v6 on the CPU over 16 kHz mono float32 samples.
 
-    The shipped model is loaded (and self-checked) once per process on first construction. A detector
-    holds only read-only weights: it may be shared across threads, as long as each
+    The shipped model is loaded (and self-checked) once per process, when a detector first computes: with
+    torch, which the int8 runtime otherwise never imports, so audio that needs no cutting never pays for it.
+    A detector holds only read-only weights: it may be shared across threads, as long as each
     ``StreamingSegmenter`` is used from one thread at a time.
     """
 
     def __init__(self, options: VadOptions = VadOptions()) -> None:
         self.options = options
-        self._model = load_model()
+
+    @property
+    def _model(self) -> SileroModel:
+        return load_model()
 
     def stream(self) -> StreamingSegmenter:
         """A segmenter for one signal that will be fed in consecutive chunks."""

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..audio import SAMPLE_RATE, decode_audio
 from ..decoding import collapse
 from ..queries import language_row, textnorm_row
 
-Logits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # features (1, T, 560), lengths -> (T + 4, V)
+Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # features (1, T, 560), lengths -> (T + 4, V)
 PIECE_SECONDS = 30.0  # recordings are cut into pieces the model sees whole, as the VAD would
 
 
@@ -44,15 +43,14 @@ class Fidelity:
     def logits_relative_error(self) -> float:
         return float(np.mean(self.relative_errors)) if self.relative_errors else 0.0
 
-    def add(self, reference: torch.Tensor, candidate: torch.Tensor) -> None:
-        reference, candidate = reference.float(), candidate.float()
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
         best, candidate_best = reference.argmax(-1), candidate.argmax(-1)
-        self.frames += best.numel()
+        self.frames += best.size
         self.agreeing_frames += int((best == candidate_best).sum())
         tokens = [spike.token_id for spike in collapse(best)]
         self.reference_tokens += len(tokens)
         self.token_edits += edit_distance(tokens, [spike.token_id for spike in collapse(candidate_best)])
-        self.relative_errors.append(float((candidate - reference).norm() / reference.norm()))
+        self.relative_errors.append(float(np.linalg.norm(candidate - reference) / np.linalg.norm(reference)))
 
     def to_dict(self) -> dict:
         return {
@@ -86,10 +84,9 @@ def recording_pieces(paths: Sequence[Path]) -> list[np.ndarray]:
 def runtime_logits(runtime) -> Logits:
     """Logits of one of our runtimes (the torch model or ``runtimes.int8``), language auto, with ITN."""
 
-    def logits(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            encoded, _ = runtime.encode(features, lengths, ["auto"], [True])
-            return runtime.ctc.logits(encoded[0])
+    def logits(features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        encoded, _ = runtime.encode(features, lengths, ["auto"], [True])
+        return np.asarray(runtime.ctc.logits(encoded[0]), dtype=np.float32)  # the torch model's on the CPU
 
     return logits
 
@@ -102,20 +99,20 @@ def onnx_logits(model_path: Path, threads: int = 1) -> Logits:
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
-    def logits(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def logits(features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         feed = {
-            "x": features.numpy(),
-            "x_length": lengths.numpy().astype(np.int32),
+            "x": features,
+            "x_length": lengths.astype(np.int32),
             "language": np.array([language_row("auto")], dtype=np.int32),
             "text_norm": np.array([textnorm_row(True)], dtype=np.int32),
         }
-        return torch.from_numpy(session.run(None, feed)[0][0])
+        return session.run(None, feed)[0][0]
 
     return logits
 
 
 def measure_fidelity(
-    features: Callable[[list[np.ndarray]], tuple[torch.Tensor, torch.Tensor]],
+    features: Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]],
     pieces: Sequence[np.ndarray],
     reference: Logits,
     candidates: dict[str, Logits],

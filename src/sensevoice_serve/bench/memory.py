@@ -75,8 +75,8 @@ class _NvmlPeak:
 class PeakMemory:
     """Peak resident memory of this process and peak GPU memory (torch's count and NVML's) over a block."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
         self.rss_window = False
         self._nvml: _NvmlPeak | None = None
         self.result: dict = {}

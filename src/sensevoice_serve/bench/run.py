@@ -57,8 +57,8 @@ def run_bench(
     return {
         **describe_run(BENCH_REPORT, model_dir),
         "settings": asdict(settings),
-        "device": str(engine.device),
-        "dtype": str(engine.dtype).removeprefix("torch."),
+        "device": engine.device,
+        "dtype": engine.dtype,
         "requests": requests,
         "concurrency": list(concurrency),
         "clips": rows,

@@ -1,7 +1,7 @@
 """A session's input audio: base64 PCM16 (any rate), G.711 mu-law or A-law -> 16 kHz float32 samples.
 
 Samples are scaled as libsndfile reads the same encodings from a WAV file (``int16 / 32768``, and the G.711
-tables below match its decoder bit for bit), and resampled with FFmpeg's swresample as ``audio.py`` does,
+tables below match its decoder bit for bit), and resampled with FFmpeg's swresample as ``audio/`` does,
 whose output does not depend on how the input is chunked. So audio streamed here and the same audio
 uploaded as a WAV file give the model identical samples.
 """

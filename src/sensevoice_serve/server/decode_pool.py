@@ -39,7 +39,7 @@ class _Lane:
         self.executor = ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(usual,)
         )
-        # The worker's pid, once it has loaded its modules and the VAD: only then is the lane given work.
+        # The worker's pid, once it has loaded its modules: only then is the lane given work.
         self.started: Future[int] = self.executor.submit(os.getpid)
         self.timed_out = False
 
@@ -71,7 +71,7 @@ class DecodePool:
         return self._spill_dir.name
 
     def wait_started(self) -> None:
-        """Block until every worker has loaded its modules and the VAD; raise if one could not."""
+        """Block until every worker has loaded its modules; raise if one could not."""
         for future in wait([lane.started for lane in self._first]).done:
             future.result()
 

@@ -70,12 +70,11 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def init_worker(usual: SegmentationOptions) -> None:
-    import torch
-
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    # Each worker is one decode lane: torch (the VAD) must not fan out over the cores the model is using.
-    torch.set_num_threads(1)
-    default_detector(usual)  # loads the VAD network (the slow part) once, before the first upload
+    # Each worker is one decode lane: the VAD must not fan out over the cores the model is using. The VAD
+    # (torch and the network, ~1.5 s and ~200 MB) loads with the first upload long enough to be cut: a lane
+    # that only ever sees short clips stays small and starts at once.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def decode_upload(
