@@ -189,7 +189,10 @@ def main() -> None:
         print("\n" + serve_and_transcribe(model_dir, args.threads, speech_dir / "jfk.flac"))
     if "fidelity" not in args.skip:
         print(
-            "\n" + fidelity_rows(model_dir, models.get(SHERPA) or model_path(SHERPA, model_dir), speech_dir)
+            "\n"
+            + fidelity_rows(
+                model_dir, models.get(SHERPA) or model_path(SHERPA, model_dir), speech_dir, args.threads
+            )
         )
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 

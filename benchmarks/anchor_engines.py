@@ -81,12 +81,10 @@ def funasr_transcriber(model_dir: Path, threads: int) -> Transcriber:
 
 def our_transcriber(dtype: str) -> Callable[[Path, int], Transcriber]:
     def make(model_dir: Path, threads: int) -> Transcriber:
-        import torch
-
         from sensevoice_serve.pipeline import SenseVoice
 
-        torch.set_num_threads(threads)  # the int8 runtime sizes its thread pool from it when it loads
-        engine = SenseVoice.from_pretrained(model_dir, device="cpu", dtype=dtype)
+        # int8 runs without torch (not imported at all); fp32 sets torch's threads.
+        engine = SenseVoice.from_pretrained(model_dir, device="cpu", dtype=dtype, threads=threads)
 
         def transcribe(clips: Sequence[np.ndarray]) -> object:
             # One utterance per clip, as the others run them (clips are at most 30 s).

@@ -148,10 +148,8 @@ def serve_and_transcribe(model_dir: Path, threads: int, clip: Path) -> str:
     return "\n".join(lines)
 
 
-def fidelity_rows(model_dir: Path, sherpa_model: Path, speech_dir: Path) -> str:
+def fidelity_rows(model_dir: Path, sherpa_model: Path, speech_dir: Path, threads: int) -> str:
     """A markdown table: ours int8 and sherpa-onnx's int8 model against our fp32, on every recording."""
-    import torch
-
     from sensevoice_serve.bench.fidelity import (
         measure_fidelity,
         onnx_logits,
@@ -160,12 +158,12 @@ def fidelity_rows(model_dir: Path, sherpa_model: Path, speech_dir: Path) -> str:
     )
     from sensevoice_serve.pipeline import SenseVoice
 
-    fp32 = SenseVoice.from_pretrained(model_dir, device="cpu", dtype="fp32")
-    int8 = SenseVoice.from_pretrained(model_dir, device="cpu", dtype="int8")
+    fp32 = SenseVoice.from_pretrained(model_dir, device="cpu", dtype="fp32", threads=threads)
+    int8 = SenseVoice.from_pretrained(model_dir, device="cpu", dtype="int8", threads=threads)
     paths = sorted(p for p in speech_dir.iterdir() if p.suffix in {".wav", ".flac", ".mp3"})
     candidates = {
         "ours int8": runtime_logits(int8.model),
-        "sherpa-onnx int8": onnx_logits(sherpa_model, torch.get_num_threads()),
+        "sherpa-onnx int8": onnx_logits(sherpa_model, threads),
     }
     results = measure_fidelity(fp32.features, recording_pieces(paths), runtime_logits(fp32.model), candidates)
     lines = [

@@ -107,8 +107,11 @@ def launch(model_dir: Path, **settings: object) -> LiveServer:
         "SENSEVOICE_MODEL": str(model_dir),
         "SENSEVOICE_PORT": str(port),
     }
-    # No tuning profile from the machine running the tests: the rules, plus what a test sets.
+    # No tuning profile from the machine running the tests: the rules, plus what a test sets. fp32 unless a
+    # test asks otherwise: exact, so answers compare with the tiny fp32 engine's whatever the CPU (auto picks
+    # int8 on a VNNI CPU, whose batches share an activation scale; test_int8_server.py serves int8).
     env["SENSEVOICE_PROFILE"] = os.devnull
+    env["SENSEVOICE_DTYPE"] = "fp32"
     env.update({f"SENSEVOICE_{key.upper()}": str(value) for key, value in settings.items()})
     process = subprocess.Popen(
         [sys.executable, "-m", "sensevoice_serve.cli", "serve"],
