@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from sensevoice_serve.audio import decode_audio
 from sensevoice_serve.batching import Utterance
 from sensevoice_serve.beam_search import FrameCandidates, prefix_beam_search
-from sensevoice_serve.decoding import DecodeOptions, collapse
+from sensevoice_serve.decoding import DecodeOptions
 from sensevoice_serve.hotwords import compile_hotwords, parse_hotwords
 from sensevoice_serve.queries import NUM_QUERY_FRAMES
+from sensevoice_serve.scoring import collapse
 
 from .conftest import SHARED_AUDIO
 from .test_hotwords import LetterTokenizer

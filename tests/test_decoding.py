@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from sensevoice_serve import decoding
-from sensevoice_serve.decoding import CTCDecoder, DecodeOptions, collapse
+from sensevoice_serve import scoring
+from sensevoice_serve.decoding import CTCDecoder, DecodeOptions
 from sensevoice_serve.errors import InvalidOption
 from sensevoice_serve.model import CTCHead
 from sensevoice_serve.random_checkpoint import write_tokenizer
+from sensevoice_serve.scoring import collapse
 from sensevoice_serve.tokenizer import EMOTION_TAGS, EVENT_TAGS, LANGUAGE_TAGS, Tokenizer
 
 WIDTH = 32
@@ -214,8 +215,8 @@ def test_beam_search_reads_the_same_scores_whatever_the_chunking(
     head, encoded, lengths = on_runtime(runtime, *scripted_batch([first, second], tokenizer.vocab_size))
     options = [DecodeOptions(beam_size=3, hotwords=["ab"]), DecodeOptions(beam_size=2)]
     whole = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
-    monkeypatch.setattr(decoding, "LOGIT_ROWS_PER_CHUNK", 5)
-    monkeypatch.setattr(decoding, "SEARCHED_ROWS_PER_CHUNK", 2)
+    monkeypatch.setattr(scoring, "LOGIT_ROWS_PER_CHUNK", 5)
+    monkeypatch.setattr(scoring, "SEARCHED_ROWS_PER_CHUNK", 2)
     chunked = CTCDecoder(head, tokenizer).decode(encoded, lengths, options, [0.0, 0.0], [1.0, 1.0])
     assert chunked == whole
     assert [s.text for s in whole] == ["aba", "ab"]

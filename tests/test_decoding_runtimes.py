@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from sensevoice_serve import decoding
+from sensevoice_serve import scoring
 from sensevoice_serve.beam_search import FrameCandidates
 from sensevoice_serve.decoding import BatchScores, CTCDecoder, DecodeOptions
 from sensevoice_serve.model import CTCHead
@@ -108,8 +108,8 @@ def test_numpy_scores_equal_torch_scores(tokenizer: Tokenizer, seed: int) -> Non
 def test_scores_on_a_gpu_equal_numpy_scores(tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     head, encoded, lengths = random_batch(tokenizer)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(decoding, "LOGIT_ROWS_PER_CHUNK", 64)
-    monkeypatch.setattr(decoding, "SEARCHED_ROWS_PER_CHUNK", 5)
+    monkeypatch.setattr(scoring, "LOGIT_ROWS_PER_CHUNK", 64)
+    monkeypatch.setattr(scoring, "SEARCHED_ROWS_PER_CHUNK", 5)
     gpu_scores = CTCDecoder(head.cuda(), tokenizer).score(encoded.cuda(), lengths.cuda(), OPTIONS)
     assert_same_scores(gpu_scores, both_scores(tokenizer)[1])
 
@@ -151,8 +151,8 @@ def test_chunking_changes_no_score(
     tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch, logit_rows: int, searched_rows: int
 ) -> None:
     whole_torch, whole_numpy = both_scores(tokenizer)
-    monkeypatch.setattr(decoding, "LOGIT_ROWS_PER_CHUNK", logit_rows)
-    monkeypatch.setattr(decoding, "SEARCHED_ROWS_PER_CHUNK", searched_rows)
+    monkeypatch.setattr(scoring, "LOGIT_ROWS_PER_CHUNK", logit_rows)
+    monkeypatch.setattr(scoring, "SEARCHED_ROWS_PER_CHUNK", searched_rows)
     chunked_torch, chunked_numpy = both_scores(tokenizer)
     assert_same_scores(chunked_torch, whole_torch)
     assert_same_scores(chunked_numpy, whole_numpy)

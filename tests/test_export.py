@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from sensevoice_serve.audio import SAMPLE_RATE, decode_audio
-from sensevoice_serve.decoding import collapse, ctc_argmax, frame_time
+from sensevoice_serve.decoding import frame_time
 from sensevoice_serve.queries import language_row, textnorm_row
+from sensevoice_serve.scoring import collapse, ctc_argmax
 
 from .conftest import shared_audio
 

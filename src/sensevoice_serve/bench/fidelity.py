@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE, decode_audio
-from ..decoding import collapse
 from ..queries import language_row, textnorm_row
+from ..scoring import collapse
 
 Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # features (1, T, 560), lengths -> (T + 4, V)
 PIECE_SECONDS = 30.0  # recordings are cut into pieces the model sees whole, as the VAD would
