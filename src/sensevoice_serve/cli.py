@@ -206,11 +206,14 @@ def _transcribe_files(
         threads=tuned.torch_threads,
     )
     progress = _Progress(len(files))
+    options = settings.decode_options()
+    for reason in engine.decoder.prepare(options):  # once for the run, not with every file's warnings
+        progress.write(f"warning: {reason}")
     sinks = _open_sinks(settings, keys, several=len(files) > 1)
     outcomes = transcribe_sources(
         engine,
         enumerate(files),
-        settings.decode_options(),
+        options,
         SegmentationOptions(settings.vad, settings.max_segment_seconds, settings.split_channels),
         max_batch_frames=tuned.max_batch_frames,
         batch_size=settings.batch_size,

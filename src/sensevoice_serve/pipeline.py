@@ -166,14 +166,16 @@ class SenseVoice:
 
         Audio longer than ``max_segment_seconds`` is split at pauses by a VAD (``vad="auto"``) and its
         segments batched with everything else. ``hotwords`` (``"phrase"`` or ``"phrase:boost"``) are
-        boosted by a beam search of ``beam_size`` (default: 1, greedy, or 4 with hotwords). Raises the
-        first failing input's error; the CLI and the server report inputs one by one instead.
+        boosted by a beam search of ``beam_size`` (default: 1, greedy, or 4 with hotwords); a phrase the
+        model cannot write is skipped, and each result's ``warnings`` say so. Raises the first failing
+        input's error; the CLI and the server report inputs one by one instead.
         """
         if isinstance(inputs, (str, bytes, bytearray, os.PathLike, np.ndarray, Audio)) or hasattr(
             inputs, "read"
         ):
             inputs = [inputs]
         options = decode_options(language, use_itn, ban_emo_unk, beam_size, hotwords, hotword_score)
+        skipped_hotwords = self.decoder.prepare(options)
         segmentation = SegmentationOptions(vad, max_segment_seconds, split_channels)
         results: list[Transcription | None] = [None] * len(inputs)
         for outcome in transcribe_sources(
@@ -186,6 +188,7 @@ class SenseVoice:
         ):
             if outcome.error is not None:
                 raise outcome.error
+            outcome.result.warnings += skipped_hotwords
             results[outcome.key] = outcome.result
         return results  # type: ignore[return-value]
 

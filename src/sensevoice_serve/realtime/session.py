@@ -59,6 +59,9 @@ class Transcriber(Protocol):
     async def final(self, samples: np.ndarray, options: DecodeOptions, offset: float) -> Transcription:
         """The whole transcription, segmented as an uploaded file is; times from ``offset`` seconds."""
 
+    async def prepare(self, options: DecodeOptions) -> list[str]:
+        """Compiles the options' hotwords ahead of their audio; why phrases were skipped."""
+
 
 class Observer(Protocol):
     def partial_sent(self, seconds: float) -> None: ...
@@ -167,8 +170,15 @@ class RealtimeSession:
             self._detection = None
             self._decoder.flush()
             self._audio.release_before(self._audio.end)
+        hotwords_changed = settings.transcription.hotwords != self.settings.transcription.hotwords
         self.settings = settings
+        # Before the next event's audio is taken: no batch waits for a large list to compile.
+        skipped = await self._transcriber.prepare(self._options()) if hotwords_changed else []
         await self._send(server_event("session.updated", session=settings.to_json()))
+        if skipped:
+            raise RealtimeError(
+                "hotwords_skipped", "; ".join(skipped), "session.audio.input.transcription.hotwords"
+            )
 
     def _buffered(self) -> bool:
         """Audio waits to be transcribed: an open turn, or an uncommitted manual buffer."""

@@ -4,6 +4,7 @@ and with file requests: partials at low priority, finals (segmented as an upload
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 
 import numpy as np
@@ -19,9 +20,15 @@ SOURCE = "realtime"
 
 
 class SchedulerTranscriber:
-    def __init__(self, scheduler: Scheduler, segmentation: SegmentationOptions) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        segmentation: SegmentationOptions,
+        prepare: Callable[[DecodeOptions], Awaitable[list[str]]],
+    ) -> None:
         self.scheduler = scheduler
         self.segmentation = segmentation
+        self.prepare = prepare  # Service.prepare: compiles hotwords off the inference worker
 
     async def partial(self, samples: np.ndarray, options: DecodeOptions) -> Segment:
         future = self.scheduler.submit([Utterance(samples, options)], Priority.LOW)

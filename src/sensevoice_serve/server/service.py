@@ -105,6 +105,8 @@ class Service:
                 tuned.decode_workers, self.default_segmentation(), self.settings.decode_timeout_seconds
             )
             self.engines = self._load_engines(devices)
+            for reason in self.prepare_now(self.settings.decode_options()):
+                logger.warning("server hotwords: %s", reason)
             self.scheduler = Router(
                 [self._scheduler(engine, tuned) for engine, tuned in zip(self.engines, devices, strict=True)]
             )
@@ -269,6 +271,21 @@ class Service:
         return SegmentationOptions(
             self.settings.vad, self.settings.max_segment_seconds, self.settings.split_channels
         )
+
+    async def prepare(self, options: DecodeOptions) -> list[str]:
+        """Compile the options' hotwords before their audio is submitted (a large list takes a while: in a
+        thread, not on the event loop, nor on an inference worker, whose whole batch would wait); why phrases
+        were skipped, for the response's warnings."""
+        if not options.hotwords:
+            return []
+        return await asyncio.to_thread(self.prepare_now, options)
+
+    def prepare_now(self, options: DecodeOptions) -> list[str]:
+        """``prepare`` in this thread, on every engine: the router picks one only when the audio comes."""
+        reasons: list[str] = []
+        for engine in self.engines:
+            reasons = engine.decoder.prepare(options)
+        return reasons
 
     async def transcribe(
         self,

@@ -44,9 +44,17 @@ async def transcribe_files(request: Request, service: ServiceDep) -> JSONRespons
         fields, uploads = validated(form, NativeFields)
         options, segmentation = _options(fields, service.settings)
         with service.inference_place():
+            skipped_hotwords = await service.prepare(options)
             entries = await asyncio.gather(
                 *(
-                    _file_entry(service, upload, upload.name or f"file{index}", options, segmentation)
+                    _file_entry(
+                        service,
+                        upload,
+                        upload.name or f"file{index}",
+                        options,
+                        segmentation,
+                        skipped_hotwords,
+                    )
                     for index, upload in enumerate(uploads)
                 )
             )
@@ -83,6 +91,7 @@ async def _file_entry(
     name: str,
     options: DecodeOptions,
     segmentation: SegmentationOptions,
+    skipped_hotwords: list[str],
 ) -> dict:
     try:
         result, timings = await service.transcribe(upload, name, options, segmentation)
@@ -92,6 +101,7 @@ async def _file_entry(
             "status": error.http_status,
             **error_body(error.http_status, str(error), error_code(error)),
         }
+    result.warnings += skipped_hotwords
     return {**result.to_dict(), "status": 200, "timings": vars(timings)}
 
 

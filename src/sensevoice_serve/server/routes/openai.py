@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import Field
@@ -9,6 +11,8 @@ from pydantic import Field
 from .. import openai_format
 from .dependencies import ServiceDep
 from .forms import HotwordFields, multipart_openapi, received_form, validated
+
+logger = logging.getLogger(__name__)
 
 OPENAI_PATH = "/v1/audio/transcriptions"
 FILE_FIELD = "file"
@@ -38,6 +42,10 @@ async def openai_transcription(request: Request, service: ServiceDep) -> Respons
             language, hotwords=fields.hotword_specs(), hotword_score=fields.hotword_score
         )
         with service.inference_place():
+            # OpenAI's bodies have no warnings: skipped hotwords are only logged (info: the server's own are
+            # logged as warnings at startup, and would be again with every request).
+            for reason in await service.prepare(options):
+                logger.info("%s", reason)
             result, _ = await service.transcribe(
                 upload, upload.name or "upload", options, service.default_segmentation()
             )

@@ -80,7 +80,7 @@ class RealtimeHub:
             settings.realtime_max_buffer_seconds,
         )
         defaults = settings.decode_options()
-        transcriber = SchedulerTranscriber(service.scheduler, service.default_segmentation())
+        transcriber = SchedulerTranscriber(service.scheduler, service.default_segmentation(), service.prepare)
         return RealtimeSession(
             send.send, transcriber, self.speech, defaults, limits, _Observer(service.metrics)
         )
