@@ -41,6 +41,9 @@ class FakeTranscriber:
         self.skip_partials = False
         self.partials = 0
 
+    async def prepare(self, options: DecodeOptions) -> list[str]:
+        return []
+
     async def partial(self, samples: np.ndarray, options: DecodeOptions) -> Segment:
         self.partials += 1
         if self.skip_partials:

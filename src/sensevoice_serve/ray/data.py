@@ -105,6 +105,8 @@ class Transcriber:
         self.max_batch_frames = tuned.max_batch_frames
         self.batch_size = engine.batch_size
         self.options = engine.decode_options()  # the CLI's: language, ITN, beam and hotwords
+        # Compiled once here, not in the first batch; the phrases it skipped are in every file's warnings.
+        self.skipped_hotwords = self.engine.decoder.prepare(self.options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         files = [i for i, error in enumerate(batch["error"]) if not error]
@@ -130,7 +132,7 @@ class Transcriber:
                 assemble(
                     str(batch["source"][i]),
                     float(batch["duration"][i]),
-                    json.loads(batch["warnings"][i]),
+                    json.loads(batch["warnings"][i]) + self.skipped_hotwords,
                     per_file[i],
                 )
             )
