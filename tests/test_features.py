@@ -300,7 +300,7 @@ def test_from_model_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
     ],
 )
 def test_the_device_picks_the_implementation(device: str | torch.device, implementation: type) -> None:
-    extractor = FeatureExtractor(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"), device=device)
+    extractor = FeatureExtractor.for_device(FrontendConfig(), *load_cmvn(ASSETS / "am.mvn"), device=device)
     assert type(extractor) is implementation
     assert extractor.device == str(device)
 

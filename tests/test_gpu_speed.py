@@ -51,8 +51,8 @@ def speech(recordings: dict[str, np.ndarray], count: int, seed: int = 0) -> list
 
 def test_staged_audio_is_pinned_and_never_overwritten_in_flight() -> None:
     recordings = read_recordings()
-    staged = FeatureExtractor(FrontendConfig(), *load_cmvn(CMVN), device="cuda")
-    unstaged = FeatureExtractor(FrontendConfig(), *load_cmvn(CMVN), device="cuda")
+    staged = FeatureExtractor.for_device(FrontendConfig(), *load_cmvn(CMVN), device="cuda")
+    unstaged = FeatureExtractor.for_device(FrontendConfig(), *load_cmvn(CMVN), device="cuda")
     unstaged._staging = None
     first, second = speech(recordings, 8, seed=1), speech(recordings, 8, seed=2)
     torch.cuda.synchronize()

@@ -207,29 +207,14 @@ def _device_type(device: str | torch.device) -> str:
 class FeatureExtractor(ABC):
     """Waveforms in [-1, 1] -> SenseVoice encoder inputs in float32, computed on ``device``.
 
-    ``FeatureExtractor(config, shift, scale, device)`` builds the implementation for the device: NumPy on
-    the CPU (``__call__`` returns NumPy arrays), torch elsewhere (torch tensors on the device). Build
+    ``FeatureExtractor.for_device(config, shift, scale, device)`` builds the implementation for the device:
+    NumPy on the CPU (``__call__`` returns NumPy arrays), torch elsewhere (torch tensors on the device). Build
     ``TorchFeatureExtractor`` (``features_torch``) directly to run torch on a CPU.
 
     Audio shorter than one analysis window (400 samples at 16 kHz) has no frames at all: its features are
     empty and its length 0, and the caller decides whether to skip it or pad the audio. funasr instead shrinks
     the window to the clip, a frame that kaldi-style snip-edges framing never produces.
     """
-
-    def __new__(
-        cls,
-        config: FrontendConfig,
-        cmvn_shift: np.ndarray | torch.Tensor,
-        cmvn_scale: np.ndarray | torch.Tensor,
-        device: str | torch.device = "cpu",
-    ) -> FeatureExtractor:
-        if cls is not FeatureExtractor:
-            return super().__new__(cls)
-        if _device_type(device) == "cpu":
-            return super().__new__(NumpyFeatureExtractor)
-        from .features_torch import TorchFeatureExtractor  # torch loads only for an accelerator
-
-        return super().__new__(TorchFeatureExtractor)
 
     def __init__(
         self,
@@ -247,6 +232,21 @@ class FeatureExtractor(ABC):
         self.config = config
         self.device = str(device)
         self.cmvn_shift, self.cmvn_scale = shift, scale
+        self._prepare()
+
+    @staticmethod
+    def for_device(
+        config: FrontendConfig,
+        cmvn_shift: np.ndarray | torch.Tensor,
+        cmvn_scale: np.ndarray | torch.Tensor,
+        device: str | torch.device = "cpu",
+    ) -> FeatureExtractor:
+        """NumPy on the CPU, torch on an accelerator (torch is imported only then)."""
+        if _device_type(device) == "cpu":
+            return NumpyFeatureExtractor(config, cmvn_shift, cmvn_scale, device)
+        from .features_torch import TorchFeatureExtractor
+
+        return TorchFeatureExtractor(config, cmvn_shift, cmvn_scale, device)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
@@ -257,7 +257,8 @@ class FeatureExtractor(ABC):
         except (OSError, yaml.YAMLError) as error:
             raise ModelLoadError(f"cannot read {directory / 'config.yaml'}: {error}") from error
         frontend = FrontendConfig.from_model_config(model_config.get("frontend_conf") or {})
-        return cls(frontend, *load_cmvn(directory / "am.mvn"), device=device)
+        build = cls.for_device if cls is FeatureExtractor else cls  # a subclass asked for itself
+        return build(frontend, *load_cmvn(directory / "am.mvn"), device=device)
 
     def __call__(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[Array, Array]:
         """1-D waveforms in [-1, 1] -> features (B, T_max, feature_dim) float32 zero-padded on the device,
@@ -265,6 +266,10 @@ class FeatureExtractor(ABC):
         if len(waveforms) == 0:
             raise ValueError("no waveforms to extract features from")
         return self._extract(waveforms)
+
+    @abstractmethod
+    def _prepare(self) -> None:
+        """The implementation's constants for ``self.config`` on ``self.device``."""
 
     @abstractmethod
     def _extract(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[Array, Array]: ...
@@ -281,19 +286,12 @@ class FeatureExtractor(ABC):
 class NumpyFeatureExtractor(FeatureExtractor):
     """The frontend in NumPy on the CPU, item by item and ``CPU_CHUNK_FRAMES`` frames at a time."""
 
-    def __init__(
-        self,
-        config: FrontendConfig,
-        cmvn_shift: np.ndarray | torch.Tensor,
-        cmvn_scale: np.ndarray | torch.Tensor,
-        device: str | torch.device = "cpu",
-    ):
-        super().__init__(config, cmvn_shift, cmvn_scale, device)
-        if _device_type(device) != "cpu":
-            raise ValueError(f"NumPy features run on the CPU, not on {device}")
+    def _prepare(self) -> None:
+        if _device_type(self.device) != "cpu":
+            raise ValueError(f"NumPy features run on the CPU, not on {self.device}")
         # Scaling by a power of two is exact, so the window takes kaldi's int16 scale for free.
-        self._window = analysis_window(config) * np.float32(INT16_SCALE)
-        self._mel_bands = _mel_bands(kaldi_mel_banks(config), min(CPU_MEL_BANDS, config.n_mels))
+        self._window = analysis_window(self.config) * np.float32(INT16_SCALE)
+        self._mel_bands = _mel_bands(kaldi_mel_banks(self.config), min(CPU_MEL_BANDS, self.config.n_mels))
 
     def fbank(self, waveform: np.ndarray | torch.Tensor) -> np.ndarray:
         frames = self._frames(_as_waveform(waveform))

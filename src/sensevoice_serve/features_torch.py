@@ -40,18 +40,11 @@ class TorchFeatureExtractor(FeatureExtractor):
     """The frontend as a few tensor operations over the whole batch: on an accelerator, one pass saves a dozen
     kernel launches per item. Features stay on ``device``; lengths are on the CPU."""
 
-    def __init__(
-        self,
-        config: FrontendConfig,
-        cmvn_shift: np.ndarray | torch.Tensor,
-        cmvn_scale: np.ndarray | torch.Tensor,
-        device: str | torch.device = "cpu",
-    ):
-        super().__init__(config, cmvn_shift, cmvn_scale, device)
-        self.torch_device = torch.device(device)
+    def _prepare(self) -> None:
+        self.torch_device = torch.device(self.device)
         self._shift = torch.from_numpy(self.cmvn_shift).to(self.torch_device)
         self._scale = torch.from_numpy(self.cmvn_scale).to(self.torch_device)
-        self._window, self._mel_banks = _spectral_constants(config, self.torch_device)
+        self._window, self._mel_banks = _spectral_constants(self.config, self.torch_device)
         self._staging = HostStaging(self.torch_device) if self.torch_device.type != "cpu" else None
 
     def fbank(self, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,7 @@ class SenseVoice:
         tokenizer.require_tags()
         network = load_runtime(files, tokenizer, chosen_device, chosen_dtype, cache_dir, threads)
         shift, scale = load_cmvn(files.cmvn)
-        features = FeatureExtractor(files.frontend, shift, scale, device=chosen_device)
+        features = FeatureExtractor.for_device(files.frontend, shift, scale, device=chosen_device)
         return cls(files, network, tokenizer, features, chosen_device, chosen_dtype)
 
     @property
