@@ -1,9 +1,9 @@
 """A session's input audio: base64 PCM16 (any rate), G.711 mu-law or A-law -> 16 kHz float32 samples.
 
 Samples are scaled as libsndfile reads the same encodings from a WAV file (``int16 / 32768``, and the G.711
-tables below match its decoder bit for bit), and resampled with FFmpeg's swresample as ``audio/`` does,
-whose output does not depend on how the input is chunked. So audio streamed here and the same audio
-uploaded as a WAV file give the model identical samples.
+tables below match its decoder bit for bit), and resampled by the files' own ``audio.resample.MonoResampler``
+(FFmpeg's swresample), whose output does not depend on how the input is chunked. So audio streamed here and
+the same audio uploaded as a WAV file give the model identical samples.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 
-import av
 import numpy as np
 
 from ..audio import SAMPLE_RATE
+from ..audio.resample import MonoResampler
 from .protocol import AudioFormat, RealtimeError
 
 G711_RATE = 8000
@@ -48,7 +48,7 @@ class AudioDecoder:
 
     def __init__(self, audio_format: AudioFormat) -> None:
         self.format = audio_format
-        self._resampler = self._new_resampler()
+        self._resampler = MonoResampler(audio_format.rate)
 
     def samples_in(self, payload: str) -> int:
         """How many 16 kHz samples ``payload`` will give, known before it is decoded (to refuse it)."""
@@ -69,27 +69,10 @@ class AudioDecoder:
             )
         table = G711_TABLES.get(self.format.type)
         pcm = np.frombuffer(data, dtype="<i2") if table is None else table[np.frombuffer(data, np.uint8)]
-        samples = pcm.astype(np.float32) / 32768
-        if self._resampler is None:
-            return samples
-        frame = av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
-        frame.sample_rate = self.format.rate
-        return _flat(self._resampler.resample(frame))
+        return self._resampler.push(pcm.astype(np.float32) / 32768)
 
     def flush(self) -> np.ndarray:
         """The samples the resampler held back; the next audio starts a fresh stretch."""
-        if self._resampler is None:
-            return np.zeros(0, dtype=np.float32)
-        held = _flat(self._resampler.resample(None))
-        self._resampler = self._new_resampler()
+        held = self._resampler.finish()
+        self._resampler = MonoResampler(self.format.rate)
         return held
-
-    def _new_resampler(self) -> av.AudioResampler | None:
-        if self.format.rate == SAMPLE_RATE:
-            return None
-        return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-
-
-def _flat(frames: list[av.AudioFrame | None]) -> np.ndarray:
-    arrays = [frame.to_ndarray()[0] for frame in frames if frame is not None]
-    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.float32)
