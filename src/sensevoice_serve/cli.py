@@ -20,7 +20,6 @@ from .settings import Settings, load_settings
 if TYPE_CHECKING:
     from .checkpoint import ModelFiles
     from .manifest import ResumePlan
-    from .sinks import Sink
     from .tuning import TunedSettings
 
 AUDIO_SUFFIXES = {
@@ -178,25 +177,13 @@ def report_plan(plan: ResumePlan, manifest: Path) -> None:
         )
 
 
-def _open_sinks(settings: Settings, keys: dict[Path, str], several: bool) -> list[Sink]:
-    from .sinks import DirectorySink, ManifestSink, StdoutSink
-
-    sinks = []
-    if settings.output:
-        sinks.append(ManifestSink(Path(settings.output), keys))
-    if settings.output_dir:
-        sinks.append(DirectorySink(Path(settings.output_dir), settings.output_format))
-    if not sinks:
-        sinks.append(StdoutSink(settings.output_format, several))
-    return sinks
-
-
 def _transcribe_files(
     files: list[Path], settings: Settings, tuned: TunedSettings, model_dir: Path, keys: dict[Path, str]
 ) -> int:
     """Transcribe into the sinks the settings ask for; the number of files that failed."""
     from .longform import SegmentationOptions, transcribe_sources
     from .pipeline import SenseVoice
+    from .sinks import open_sinks
 
     engine = SenseVoice.from_pretrained(
         model_dir,
@@ -209,7 +196,7 @@ def _transcribe_files(
     options = settings.decode_options()
     for reason in engine.decoder.prepare(options):  # once for the run, not with every file's warnings
         progress.write(f"warning: {reason}")
-    sinks = _open_sinks(settings, keys, several=len(files) > 1)
+    sinks = open_sinks(settings, keys, several=len(files) > 1)
     outcomes = transcribe_sources(
         engine,
         enumerate(files),

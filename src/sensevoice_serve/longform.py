@@ -217,10 +217,10 @@ def _hand_over_input(
         raise
     except Exception as error:
         label = input_label(source)
-        handoff.put(_Failed(key, label, _input_error(error, label)))
+        handoff.put(_Failed(key, label, input_error(error, label)))
 
 
-def _input_error(error: Exception, label: str) -> SenseVoiceError:
+def input_error(error: Exception, label: str) -> SenseVoiceError:
     """Ours as they are; anything else (a decoder's or our own bug) named, logged and wrapped as ours."""
     if isinstance(error, SenseVoiceError):
         return error

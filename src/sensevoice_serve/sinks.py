@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .manifest import ManifestWriter
 from .results import Transcription
 from .writers import WRITERS, StreamWriter
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class Sink:
@@ -68,3 +72,16 @@ class ManifestSink(Sink):
 
     def close(self) -> None:
         self._writer.close()
+
+
+def open_sinks(settings: Settings, keys: dict[Path, str], several: bool) -> list[Sink]:
+    """The sinks the settings ask for: the results file, the directory, both, or else standard output
+    (``several``: more than one file is coming)."""
+    sinks: list[Sink] = []
+    if settings.output:
+        sinks.append(ManifestSink(Path(settings.output), keys))
+    if settings.output_dir:
+        sinks.append(DirectorySink(Path(settings.output_dir), settings.output_format))
+    if not sinks:
+        sinks.append(StdoutSink(settings.output_format, several))
+    return sinks

@@ -125,11 +125,11 @@ def _write_results(
     max_batch_frames: int,
 ) -> int:
     """Run the pipeline into the plain CLI's outputs; the number of files that failed."""
-    from ..cli import _open_sinks
+    from ..sinks import open_sinks
     from .data import transcribe_dataset
 
     failures = 0
-    sinks = _open_sinks(settings, keys, several=len(files) > 1)
+    sinks = open_sinks(settings, keys, several=len(files) > 1)
     try:
         for done in transcribe_dataset(files, settings, plan, model_dir, max_batch_frames):
             if done.error is not None:

@@ -24,7 +24,7 @@ import ray
 
 from ..batching import Utterance
 from ..decoding import DecodeOptions
-from ..longform import SegmentationOptions, _input_error, assemble
+from ..longform import SegmentationOptions, assemble, input_error
 from ..results import Transcription
 from ..segmentation import default_detector, stream_utterances
 from ..settings import Settings
@@ -68,7 +68,7 @@ def decode_file(row: dict[str, Any], segmentation: SegmentationOptions) -> dict[
         )
         pieces = list(utterances)
     except Exception as error:
-        return {**row, "source": path, "error": str(_input_error(error, path)), "duration": 0.0,
+        return {**row, "source": path, "error": str(input_error(error, path)), "duration": 0.0,
                 "warnings": "[]", "pieces": "[]", "samples": b""}  # fmt: skip
     spans = [
         (len(p.utterance.samples), p.utterance.offset, NO_CHANNEL if p.channel is None else p.channel)
