@@ -140,9 +140,12 @@ class HostStaging:
             if self._copied is not None:
                 self._copied.synchronize()
             if total > self.capacity:
-                self._host = torch.empty(
-                    math.ceil(total * self.GROWTH), dtype=torch.float32, pin_memory=self._pinned
-                )
+                # A normal tensor whatever the caller's mode: one made in inference mode could never be
+                # written again outside it, and every later batch would fail.
+                with torch.inference_mode(False):
+                    self._host = torch.empty(
+                        math.ceil(total * self.GROWTH), dtype=torch.float32, pin_memory=self._pinned
+                    )
             for tensor, start in zip(tensors, itertools.accumulate([0, *sizes]), strict=False):
                 self._host[start : start + tensor.numel()].copy_(tensor)
             on_device = torch.empty(total, dtype=torch.float32, device=self.device)
