@@ -6,8 +6,10 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 NVML_SAMPLE_INTERVAL_S = 0.02
 
@@ -76,17 +78,23 @@ class PeakMemory:
     """Peak resident memory of this process and peak GPU memory (torch's count and NVML's) over a block."""
 
     def __init__(self, device: str | torch.device):
-        self.device = torch.device(device)
+        self.device = str(device)
+        self._cuda = None
+        if self.device.startswith("cuda"):
+            # Only for a GPU: the int8 engine runs without torch, which would add some 230 MB to its peak RSS.
+            import torch
+
+            self._cuda = torch.cuda
         self.rss_window = False
         self._nvml: _NvmlPeak | None = None
         self.result: dict = {}
 
     def __enter__(self) -> PeakMemory:
         self.rss_window = _reset_peak_rss()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self._cuda is not None:
+            self._cuda.reset_peak_memory_stats(self.device)
             try:
-                self._nvml = _NvmlPeak(self.device.index or 0)
+                self._nvml = _NvmlPeak(int(self.device.partition(":")[2] or 0))
             except Exception:  # noqa: BLE001 - nvidia-ml-py missing or NVML unusable: torch's count remains
                 self._nvml = None
         return self
@@ -99,8 +107,8 @@ class PeakMemory:
             "gpu_nvml_peak_mb": None,
             "gpu_nvml_scope": None,
         }
-        if self.device.type == "cuda":
-            self.result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self._cuda is not None:
+            self.result["gpu_max_allocated_mb"] = self._cuda.max_memory_allocated(self.device) / 2**20
         if self._nvml is not None:
             self._nvml.stop()
             self.result["gpu_nvml_peak_mb"] = self._nvml.peak_mb
