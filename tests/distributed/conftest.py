@@ -36,6 +36,9 @@ class RayRun:
             MARKER: self.marker,
             "RAY_TMPDIR": str(self.ray_dir),
             "SENSEVOICE_PROFILE": os.devnull,  # the rules, not a profile of the machine running the tests
+            # Exact, so Ray's answers compare with the plain CLI's and server's whatever the CPU (auto is
+            # int8 on a VNNI CPU, whose batches share an activation scale: batched apart, tokens may differ).
+            "SENSEVOICE_DTYPE": "fp32",
             "HF_HUB_OFFLINE": "1",
         }
 

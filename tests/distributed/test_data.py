@@ -39,7 +39,16 @@ def test_the_shared_recordings_give_the_plain_clis_results(
     inputs = [str(SHARED_AUDIO), str(broken)]
     plain = tmp_path / "plain.jsonl"
     # One torch thread: the same text, and no slowdown on a machine whose cores other tests keep busy.
-    plain_args = ["transcribe", "--model", str(tiny_model_dir), "--torch-threads", "1", *inputs]
+    plain_args = [
+        "transcribe",
+        "--model",
+        str(tiny_model_dir),
+        "--dtype",
+        "fp32",
+        "--torch-threads",
+        "1",
+        *inputs,
+    ]
     assert main([*plain_args, "--output", str(plain)]) == 1
 
     dataset = tmp_path / "results.parquet"
