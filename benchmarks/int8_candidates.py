@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from anchor import cut, interleaved_medians
+from anchor_engines import peak_rss_mb
 from int8_candidate_factories import BASELINE, FACTORIES, Loaded, baseline, candidates_dir
 
 from sensevoice_serve.bench.fidelity import measure_fidelity, recording_pieces
@@ -51,6 +52,7 @@ from sensevoice_serve.features import FeatureExtractor
 SCRIPT = Path(__file__).resolve()
 AUDIO_SUFFIXES = {".flac", ".mp3", ".wav", ".ogg", ".m4a"}
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+REFERENCE = "torch fp32"
 PACKAGES = ("torch", "onnxruntime", "openvino", "nncf", "torchao")
 
 
@@ -81,12 +83,14 @@ def speed(runnable: dict[str, Loaded], workloads: dict[str, tuple], repeats: int
 
 
 def fidelity(runnable: dict[str, Loaded], features: FeatureExtractor, speech_dir: Path) -> dict[str, dict]:
-    """{candidate: Fidelity.to_dict()} against the first candidate (torch float32)."""
+    """{candidate: Fidelity.to_dict()} against torch float32 (none when it is not among the candidates)."""
+    if REFERENCE not in runnable:
+        log(f"fidelity: skipped, {REFERENCE} is not among the candidates")
+        return {}
     paths = [path for path in sorted(speech_dir.iterdir()) if path.suffix.lower() in AUDIO_SUFFIXES]
     pieces = recording_pieces(paths)
     single = {name: (lambda f, n, c=c: c.logits(f, n)[0]) for name, c in runnable.items()}
-    reference = next(iter(single.values()))
-    results = measure_fidelity(features, pieces, reference, single)
+    results = measure_fidelity(features, pieces, single[REFERENCE], single)
     log(f"fidelity: {len(pieces)} pieces of {len(paths)} recordings")
     return {name: result.to_dict() for name, result in results.items()}
 
@@ -114,13 +118,6 @@ def child(name: str, model_dir: Path, threads: int, probe_file: Path) -> None:
     ready = time.perf_counter()
     candidate.logits(features, lengths)
     print(json.dumps({"load_s": ready - started, "peak_rss_mb": peak_rss_mb()}))
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def workloads(features: FeatureExtractor, material: np.ndarray, batch: int, seconds: float) -> dict:
