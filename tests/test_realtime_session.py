@@ -60,6 +60,9 @@ class FakeTranscriber:
 class ScriptedSpeech:
     """The speech worker's interface with a VAD that calls loud windows speech."""
 
+    def __init__(self) -> None:
+        self.hold: asyncio.Event | None = None  # set: runs wait until it is set
+
     class Stream:
         def __init__(self) -> None:
             self.waiting = np.zeros(0, dtype=np.float32)
@@ -74,6 +77,8 @@ class ScriptedSpeech:
         return self.Stream()
 
     async def run(self, function: Callable, *args: object) -> object:
+        if self.hold is not None:
+            await self.hold.wait()
         return function(*args)
 
 
@@ -98,8 +103,9 @@ class Client:
         self.events: list[dict] = []
         self.transcriber = FakeTranscriber()
         self.observer = Observer()
+        self.speech = ScriptedSpeech()
         self.session = RealtimeSession(
-            self._receive, self.transcriber, ScriptedSpeech(), DecodeOptions(), limits, self.observer
+            self._receive, self.transcriber, self.speech, DecodeOptions(), limits, self.observer
         )
 
     async def _receive(self, event: dict) -> None:

@@ -11,6 +11,9 @@ more audio, so a client that sends faster than transcription keeps up is slowed 
 partial at a time, an uncommitted buffer of at most ``max_buffer_seconds``, and an open turn of at most
 ``max_utterance_seconds`` (then cut at a pause). Every problem with a client event is answered with an
 ``error`` event and the session goes on.
+
+When the server shuts down, ``finish`` refuses further client events, ends an open turn as if silence had come
+and waits for every final, so what the client already said is transcribed before its socket closes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..decoding import DecodeOptions
-from ..errors import SenseVoiceError
+from ..errors import SenseVoiceError, ShuttingDown
 from ..results import Segment, Transcription
 from ..scheduler import Skipped
 from ..server.errors import error_code
@@ -37,6 +40,7 @@ from .protocol import (
     AudioAppend,
     AudioClear,
     AudioCommit,
+    ClientEvent,
     RealtimeError,
     SessionSettings,
     SessionUpdate,
@@ -119,27 +123,44 @@ class RealtimeSession:
         self._last_item_id: str | None = None
         self._finals: deque[asyncio.Task] = deque()
         self._partial: asyncio.Task | None = None
+        self._finishing = False
+        self._idle = asyncio.Event()  # clear while ``handle`` works on a message
+        self._idle.set()
 
     async def start(self) -> None:
         await self._send(server_event("session.created", session=self.settings.to_json()))
 
     async def handle(self, message: str | bytes) -> None:
-        """One client message; whatever is wrong with it is answered with an ``error`` event."""
+        """One client message (the caller passes them one at a time); whatever is wrong with it is answered
+        with an ``error`` event."""
         event = None
         try:
             event = parse_client_event(message)
-            if isinstance(event, SessionUpdate):
-                await self._update(event)
-            elif isinstance(event, AudioAppend):
-                await self._append(event.audio)
-            elif isinstance(event, AudioCommit):
-                await self._commit()
-            elif isinstance(event, AudioClear):
-                await self._clear()
+            if self._finishing:
+                shutting_down = ShuttingDown("the server is shutting down: this session takes no more events")
+                raise RealtimeError(error_code(shutting_down), str(shutting_down), kind="server_error")
+            self._idle.clear()
+            try:
+                await self._dispatch(event)
+            finally:
+                self._idle.set()
         except RealtimeError as error:
             if event is not None:
                 error.event_id = event.event_id
             await self._send(error_event(error))
+
+    async def finish(self) -> None:
+        """The server is shutting down: take no more client events, end an open turn (server VAD) as if
+        silence had come, and wait until every final has been sent. An uncommitted buffer (no VAD) is not
+        transcribed: as with OpenAI, only commits are."""
+        self._finishing = True
+        await self._idle.wait()  # the message being handled, if any, is the last
+        if self._turn is not None:
+            self._detection.turns.end_turn(self._audio.end)
+            await self._end_turn(self._audio.end, speech_stopped=True)
+        if self._finals:
+            await asyncio.wait(self._finals)
+        self._finals.clear()
 
     async def close(self) -> None:
         """Drop all work in flight (its scheduler requests are cancelled) and the audio."""
@@ -151,6 +172,16 @@ class RealtimeSession:
         self._audio = AudioBuffer()
 
     # Client events.
+
+    async def _dispatch(self, event: ClientEvent) -> None:
+        if isinstance(event, SessionUpdate):
+            await self._update(event)
+        elif isinstance(event, AudioAppend):
+            await self._append(event.audio)
+        elif isinstance(event, AudioCommit):
+            await self._commit()
+        elif isinstance(event, AudioClear):
+            await self._clear()
 
     async def _update(self, event: SessionUpdate) -> None:
         settings = event.applied_to(self.settings)

@@ -4,12 +4,18 @@ The request gate only sees HTTP, so a session checks here what it would: the API
 header, or the ``openai-insecure-api-key.<key>`` subprotocol that browsers use), whether the server takes
 work, and the session limit. A refusal is an ``error`` event and a close (1008 for the key or a wrong
 intent, 1013 "try again later" otherwise), which browsers can read, unlike a refused handshake.
+
+On shutdown, ``drain`` lets every open session finish what its client already said before the server closes
+its socket with 1012 "service restart" (what uvicorn would send, and what tells a client to reconnect, to the
+next server, rather than that the service is gone for good, as 1001 would).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.applications import Starlette
@@ -26,8 +32,9 @@ from ..service import Service
 REALTIME_PATH = "/v1/realtime"
 SUBPROTOCOL = "realtime"
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
-POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013
+POLICY_VIOLATION, NORMAL_CLOSURE, SERVICE_RESTART, TRY_AGAIN_LATER = 1008, 1000, 1012, 1013
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -38,13 +45,17 @@ class Refusal(Exception):
 
 
 class RealtimeHub:
-    """An app's realtime sessions: how many are open, and the speech worker they share."""
+    """An app's realtime sessions, each with its way to the client, and the speech worker they share."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.open = 0
+        self.sessions: dict[RealtimeSession, _Sender] = {}
         self.speech = SpeechWorker()
         service.metrics.realtime_sessions.set_function(lambda: self.open)
+
+    @property
+    def open(self) -> int:
+        return len(self.sessions)
 
     def admit(self, websocket: WebSocket) -> None:
         """Raise a ``Refusal`` unless this connection may open a session now."""
@@ -72,7 +83,8 @@ class RealtimeHub:
                 RealtimeError("session_limit_reached", message, kind="server_error"), TRY_AGAIN_LATER
             )
 
-    def session(self, send: _Sender) -> RealtimeSession:
+    def session(self, sender: _Sender) -> RealtimeSession:
+        """A new session, counted as open until ``closed``."""
         service, settings = self.service, self.service.settings
         limits = Limits(
             settings.realtime_partial_interval_ms / 1000,
@@ -81,9 +93,42 @@ class RealtimeHub:
         )
         defaults = settings.decode_options()
         transcriber = SchedulerTranscriber(service.scheduler, service.default_segmentation(), service.prepare)
-        return RealtimeSession(
-            send.send, transcriber, self.speech, defaults, limits, _Observer(service.metrics)
+        session = RealtimeSession(
+            sender.send, transcriber, self.speech, defaults, limits, _Observer(service.metrics)
         )
+        self.sessions[session] = sender
+        return session
+
+    async def closed(self, session: RealtimeSession) -> None:
+        self.sessions.pop(session, None)
+        await session.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Every open session finishes (its open turn and its finals transcribed and sent), then its socket
+        is closed; after ``timeout`` seconds, what is left is cancelled and uvicorn closes its socket."""
+        if not self.sessions:
+            return
+        logger.info("draining %d realtime sessions", len(self.sessions))
+        finishing = [asyncio.create_task(_finish(*open_session)) for open_session in self.sessions.items()]
+        try:
+            _, unfinished = await asyncio.wait(finishing, timeout=timeout)
+            if unfinished:
+                logger.warning("%d realtime sessions had not finished after %g s", len(unfinished), timeout)
+        finally:
+            for task in finishing:
+                task.cancel()
+
+
+async def _finish(session: RealtimeSession, sender: _Sender) -> None:
+    await session.finish()
+    await sender.close(SERVICE_RESTART, "shutting_down")
+
+
+async def drain(app: Starlette, timeout: float) -> None:
+    """The app's realtime sessions finish, within ``timeout`` seconds (the server is shutting down)."""
+    hub = getattr(app.state, "realtime", None)
+    if hub is not None:
+        await hub.drain(timeout)
 
 
 def _hub(app: Starlette) -> RealtimeHub:
@@ -121,6 +166,15 @@ class _Sender:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self.connected = False
 
+    async def close(self, code: int, reason: str) -> None:
+        """After the events already being sent; the client may be gone already."""
+        async with self._lock:
+            if not self.connected:
+                return
+            self.connected = False
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.websocket.close(code, reason)
+
 
 class _Observer:
     def __init__(self, metrics: Metrics) -> None:
@@ -149,14 +203,12 @@ async def realtime(websocket: WebSocket) -> None:
         await sender.send(error_event(refusal.error))
         await websocket.close(refusal.close_code, refusal.error.code)
         return
-    hub.open += 1
     session = hub.session(sender)
     try:
         await session.start()
         await _read(websocket, session, sender, hub.service.settings.realtime_idle_timeout_seconds)
     finally:
-        hub.open -= 1
-        await session.close()
+        await hub.closed(session)
 
 
 async def _read(websocket: WebSocket, session: RealtimeSession, sender: _Sender, idle_timeout: float) -> None:
@@ -168,7 +220,7 @@ async def _read(websocket: WebSocket, session: RealtimeSession, sender: _Sender,
         except asyncio.TimeoutError:
             error = RealtimeError("idle_timeout", f"nothing received for {idle_timeout:g} s: session closed")
             await sender.send(error_event(error))
-            await websocket.close(1000, error.code)
+            await sender.close(NORMAL_CLOSURE, error.code)
             return
         if message["type"] == "websocket.disconnect":
             return
