@@ -34,10 +34,10 @@ RESTART_DELAY_SECONDS = 1.0  # before another try at a lane whose worker failed 
 class _Lane:
     """One decode process, in an executor of its own."""
 
-    def __init__(self, usual: SegmentationOptions) -> None:
+    def __init__(self) -> None:
         # spawn: a forked child would inherit torch's thread pools, the model's memory and the sockets.
         self.executor = ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(usual,)
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
         )
         # The worker's pid, once it has loaded its modules: only then is the lane given work.
         self.started: Future[int] = self.executor.submit(os.getpid)
@@ -51,8 +51,7 @@ class _Lane:
 
 
 class DecodePool:
-    def __init__(self, workers: int, usual: SegmentationOptions, deadline: float) -> None:
-        self.usual = usual
+    def __init__(self, workers: int, deadline: float) -> None:
         self.deadline = deadline
         self.busy = 0  # lanes decoding an upload
         self._lock = threading.Lock()
@@ -175,7 +174,7 @@ class DecodePool:
             self._idle.append(lane)
 
     def _add_lane(self) -> _Lane:
-        lane = _Lane(self.usual)
+        lane = _Lane()
         with self._lock:
             self._lanes.add(lane)
         lane.started.add_done_callback(lambda started: self._lane_started(lane, started))

@@ -69,7 +69,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def init_worker(usual: SegmentationOptions) -> None:
+def init_worker() -> None:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     # Each worker is one decode lane: the VAD must not fan out over the cores the model is using. The VAD
     # (torch and the network, ~1.5 s and ~200 MB) loads with the first upload long enough to be cut: a lane

@@ -101,9 +101,7 @@ class Service:
         try:
             devices = self.settings.tuned_devices()
             tuned = devices[0]
-            self.pool = DecodePool(
-                tuned.decode_workers, self.default_segmentation(), self.settings.decode_timeout_seconds
-            )
+            self.pool = DecodePool(tuned.decode_workers, self.settings.decode_timeout_seconds)
             self.engines = self._load_engines(devices)
             for reason in self.prepare_now(self.settings.decode_options()):
                 logger.warning("server hotwords: %s", reason)
