@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SenseVoiceError
+from .runtimes import cpu_flags
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 REQUIRED_PACKAGES = ("torch", "numpy", "av", "sentencepiece", "soundfile", "fastapi", "uvicorn", "silero-vad")
@@ -102,7 +103,7 @@ def check_devices() -> list[Check]:
 
 def check_cpu() -> list[Check]:
     cores = len(os.sched_getaffinity(0))
-    flags = _cpu_flags()
+    flags = cpu_flags()
     wanted = [flag for flag in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if flag in flags]
     status = WARN if cores < 2 else OK
     hint = "one core: expect slow transcription" if cores < 2 else ""
@@ -114,19 +115,6 @@ def check_cpu() -> list[Check]:
             hint,
         )
     ]
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {
-        flag
-        for line in text.splitlines()
-        if line.startswith(("flags", "Features"))
-        for flag in line.split()[2:]
-    }
 
 
 def _round_trip(container_format: str, encoder: str) -> float:

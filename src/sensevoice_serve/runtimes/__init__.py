@@ -45,9 +45,17 @@ class Runtime(Protocol):
 
 
 def cpu_flags() -> set[str]:
-    from ..doctor import _cpu_flags
-
-    return _cpu_flags()
+    """This CPU's instruction-set flags (x86 ``flags``, Arm ``Features``) in /proc/cpuinfo, or none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {
+        flag
+        for line in text.splitlines()
+        if line.startswith(("flags", "Features"))
+        for flag in line.split()[2:]
+    }
 
 
 def int8_available() -> bool:
