@@ -7,6 +7,7 @@ so torch is imported only to look at a GPU or to load the torch runtime (``torch
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import logging
 import os
 import re
@@ -49,9 +50,16 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def nvidia_driver_present() -> bool:
     """Whether this machine might have a CUDA GPU: a driver is loaded, or torch is imported anyway."""
-    if "torch" in sys.modules or any(os.path.exists(mark) for mark in NVIDIA_DRIVER_MARKS):
-        return True
-    return ctypes.util.find_library("cuda") is not None
+    return "torch" in sys.modules or _driver_installed()
+
+
+@functools.cache
+def _driver_installed() -> bool:
+    """Once per process: finding the driver's library runs ``ldconfig``, and a driver does not come and go."""
+    return (
+        any(os.path.exists(mark) for mark in NVIDIA_DRIVER_MARKS)
+        or ctypes.util.find_library("cuda") is not None
+    )
 
 
 def probe_device(device: str) -> None:

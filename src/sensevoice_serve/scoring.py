@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .beam_search import FrameCandidates
 from .queries import NUM_QUERY_FRAMES
+from .runtimes import CTCLogits
 
 if TYPE_CHECKING:
     import torch
@@ -23,15 +24,6 @@ BLANK_ID = 0
 LOGIT_ROWS_PER_CHUNK = 1024
 # Rows normalised at once for beam search (numpy in place, torch in a copy on top of those logits).
 SEARCHED_ROWS_PER_CHUNK = 512
-
-
-class CTCLogits(Protocol):
-    """A CTC head: ``model.CTCHead`` on torch tensors, the int8 runtime's on numpy arrays.
-
-    ``logits`` takes (N, d) frames and gives float32 (N, vocab) logits, or (N, len(rows)) for those rows.
-    """
-
-    def logits(self, encoded: Any, rows: Any = None) -> Any: ...
 
 
 @dataclass
@@ -127,9 +119,8 @@ class FramePlan:
     valid: np.ndarray  # (B, T) whether a padded frame is an utterance's
     banned_rows: np.ndarray  # rows with a token they may not emit (ban_emo_unk)
     banned_ids: np.ndarray  # and that token
-    searched: list[
-        tuple[int, int]
-    ]  # runs of rows whose top-k beam search reads: beam utterances' text frames
+    # Runs of rows whose top-k beam search reads: beam utterances' text frames.
+    searched: list[tuple[int, int]]
 
     @classmethod
     def of(

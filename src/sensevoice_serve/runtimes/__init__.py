@@ -27,6 +27,8 @@ INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
 
 
 class CTCLogits(Protocol):
+    """A runtime's CTC head (``model.CTCHead``, or the int8 runtime's); decoding scores frames with it."""
+
     def logits(self, encoded: Any, rows: Any = None) -> Any:
         """Float32 logits of encoder frames (..., d), over the vocabulary or its ``rows`` only: torch
         tensors on the model's device for the torch runtime, numpy arrays for the int8 one."""
